@@ -1,0 +1,105 @@
+"""Pure tensor maths shared by every model: warping, resizing images and displacement fields.
+
+Conventions (see DESIGN.md): tensors are ``(B, C, D, H, W)``; a displacement field ``u`` is
+``(B, 3, D, H, W)`` with channels in the order of the spatial axes (D, H, W), in voxels of the
+grid it lives on, and ``warped(p) = moving(p + u(p))`` with voxel centres at integer coordinates
+(``align_corners=True`` semantics).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["warp", "downsample", "upsample_flow", "check_volume", "check_flow"]
+
+
+def check_volume(x: torch.Tensor, name: str = "image") -> None:
+    """Raise ``ValueError`` unless ``x`` is a 5-D ``(B, C, D, H, W)`` tensor."""
+    if x.ndim != 5:
+        raise ValueError(f"{name}: expected a (B, C, D, H, W) tensor, got shape {tuple(x.shape)}")
+
+
+def check_flow(flow: torch.Tensor, like: torch.Tensor | None = None) -> None:
+    """Raise ``ValueError`` unless ``flow`` is ``(B, 3, D, H, W)`` (and matches ``like``'s grid)."""
+    if flow.ndim != 5 or flow.shape[1] != 3:
+        raise ValueError(f"flow: expected a (B, 3, D, H, W) tensor, got shape {tuple(flow.shape)}")
+    if like is not None and (flow.shape[0] != like.shape[0] or flow.shape[2:] != like.shape[2:]):
+        raise ValueError(
+            f"flow of shape {tuple(flow.shape)} does not fit image of shape {tuple(like.shape)}: "
+            "expected the same batch size and spatial grid"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _warper(mode: str, padding_mode: str):
+    from monai.networks.blocks import Warp
+
+    with warnings.catch_warnings():
+        # MONAI warns that it falls back to torch's grid_sample when its C++ extension is absent;
+        # that fallback is exactly the semantics we test against, so the warning is noise here.
+        warnings.simplefilter("ignore")
+        return Warp(mode=mode, padding_mode=padding_mode)
+
+
+def warp(
+    moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
+) -> torch.Tensor:
+    """Warp ``moving`` with the displacement ``flow``: ``warped(p) = moving(p + flow(p))``.
+
+    Args:
+        moving: ``(B, C, D, H, W)`` image or label map (labels: use ``mode="nearest"``).
+        flow: ``(B, 3, D, H, W)`` displacement in voxels, channels ordered (D, H, W).
+        mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+        padding_mode: value outside the moving image: ``"zeros"`` (as the CRD authors trained),
+            ``"border"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, D, H, W)`` warped image on the fixed grid, same dtype as ``moving``.
+
+    MONAI's :class:`~monai.networks.blocks.Warp` has exactly these semantics (voxel-unit field in
+    spatial-axis order, reference grid at integer voxel indices, ``align_corners=True``); the
+    tests pin them down (identity field, constant shifts along each axis).
+    """
+    check_volume(moving, "moving")
+    check_flow(flow, moving)
+    dtype = moving.dtype
+    image = moving if moving.is_floating_point() else moving.to(flow.dtype)
+    out = _warper(mode, padding_mode)(image, flow.to(image.dtype))
+    if dtype.is_floating_point:
+        return out.to(dtype)
+    return out.round().to(dtype)  # integer label maps come back in their own dtype
+
+
+def downsample(x: torch.Tensor, factor: int = 2, align_corners: bool = False) -> torch.Tensor:
+    """Downsample a ``(B, C, D, H, W)`` image by an integer ``factor`` with trilinear interpolation.
+
+    The output grid is ``(D // factor, H // factor, W // factor)``. ``align_corners`` selects the
+    grid convention: the naive low-resolution model uses ``False`` (PyTorch's default); the
+    feature-shifted teacher's low-resolution path uses ``True`` (ARCHITECTURE.md).
+    """
+    check_volume(x)
+    size = [s // factor for s in x.shape[2:]]
+    return F.interpolate(x, size=size, mode="trilinear", align_corners=align_corners)
+
+
+def upsample_flow(
+    flow: torch.Tensor, size: tuple[int, int, int] | torch.Size, align_corners: bool = False
+) -> torch.Tensor:
+    """Resize a ``(B, 3, d, h, w)`` displacement field to ``size`` and rescale it to the new voxels.
+
+    Each channel is resized trilinearly and multiplied by the size ratio of its own axis
+    (``size[i] / flow.shape[2 + i]``), so a field in low-resolution voxels becomes a field in
+    full-resolution voxels. For the x2 case this is the authors' "upsample, then multiply by 2.0".
+    """
+    check_flow(flow)
+    size = tuple(int(s) for s in size)
+    up = F.interpolate(flow, size=size, mode="trilinear", align_corners=align_corners)
+    ratios = [size[i] / flow.shape[2 + i] for i in range(3)]
+    if ratios[0] == ratios[1] == ratios[2]:
+        return up * ratios[0]
+    scale = torch.tensor(ratios, dtype=up.dtype, device=up.device).view(1, 3, 1, 1, 1)
+    return up * scale
