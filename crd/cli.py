@@ -1,0 +1,222 @@
+"""The ``crd`` command line: one sub-command per stage, each a thin wrapper over a function.
+
+    crd generate synth DATA/synth [--seed 0 ...]
+    crd train    --data DATA/synth --method-file baselines/hr.py --out MODEL.pt [...]
+    crd evaluate --data DATA/synth --method-file baselines/hr.py --checkpoint MODEL.pt --out EVAL.csv
+    crd report   --tables EVAL.csv ... --out report.html
+    crd methods  [--folder baselines]
+
+Errors in the inputs (a bad file, a bad setting) are printed as one line naming what is wrong,
+with exit status 2; ``CRD_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+
+def _load_settings(text: str | None) -> dict[str, Any]:
+    """``--settings``: a JSON object, or the path of a JSON/YAML file holding one."""
+    if not text:
+        return {}
+    path = Path(text)
+    if path.is_file():
+        import yaml
+
+        try:
+            value = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--settings is neither an existing file nor a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--settings must hold a mapping of train settings, got {type(value).__name__}")
+    return value
+
+
+def _model_from_args(args: argparse.Namespace) -> tuple[dict[str, Any] | None, Any]:
+    """(model config, method spec or None) from ``--model`` / ``--method-file``."""
+    from crd.methods import load_method
+
+    spec = load_method(Path(args.method_file)) if args.method_file else None
+    if args.model:
+        try:
+            model = json.loads(args.model)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--model is not a JSON object: {exc}") from None
+    else:
+        model = spec.model if spec else None
+    return model, spec
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from crd.data.synth import generate_synth
+
+    if args.dataset != "synth":
+        raise ValueError(f"crd generate knows the embedded dataset 'synth' only, got {args.dataset!r}")
+    out = generate_synth(
+        args.out, n_subjects=args.subjects, shape=tuple(args.shape), spacing=tuple(args.spacing),
+        n_labels=args.labels, n_val=args.val, n_test=args.test,
+        deformation_voxels=args.deformation, seed=args.seed, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    print(out)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from crd.train import TrainSettings, train
+
+    model, spec = _model_from_args(args)
+    if model is None:
+        raise ValueError("give the model with --method-file (a baselines/ file) or --model (JSON)")
+    objective = args.objective or (spec.training if spec else None) or "unsupervised"
+    values = {**(spec.train if spec else {}), **_load_settings(args.settings)}
+    for key in ("iterations", "seed", "lr"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    method = args.method or (spec.name if spec else None)
+    if not method:
+        raise ValueError("name the method with --method (or give --method-file)")
+    train(
+        Path(args.data), Path(args.out), method=method, model_config=model, objective=objective,
+        settings=TrainSettings.from_dict(values), init=args.init, teacher=args.teacher,
+        device=args.device, threads=args.threads, log_file=args.log, progress=not args.no_progress,
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from crd.evaluate import evaluate
+
+    model, spec = _model_from_args(args)
+    method = args.method or (spec.name if spec else None)
+    if not method:
+        raise ValueError("name the method with --method (or give --method-file)")
+    if args.checkpoint is None and model is None:
+        raise ValueError("give --checkpoint, or --method-file/--model for a method without weights")
+    evaluate(
+        Path(args.data), Path(args.out), method=method,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        model_config=None if args.checkpoint else model, split=args.split, device=args.device,
+        threads=args.threads, log_file=args.log, progress=not args.no_progress,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from crd.report.build import build_report
+
+    print(build_report([Path(t) for t in args.tables], Path(args.out), title=args.title,
+                       baseline=args.baseline))
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from crd.methods import load_methods
+
+    for name, spec in load_methods(Path(args.folder)).items():
+        needs = f" (needs {', '.join(spec.needs)})" if spec.needs else ""
+        first = spec.description.splitlines()[0] if spec.description else ""
+        print(f"{name:10s} {spec.training or 'no training':12s} {first}{needs}")
+
+
+def _add_common(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+    if threads:
+        p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--log", type=Path, default=None, help="also append log lines to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method-file", help="a method plugin, e.g. baselines/crd.py (model, objective, needs)")
+    p.add_argument("--model", help='model config as JSON, e.g. \'{"kind": "lowres", "width": 1}\' (overrides the method file)')
+    p.add_argument("--method", help="method name stored in outputs (default: the method file's name)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crd import __version__
+
+    parser = argparse.ArgumentParser(prog="crd", description="crd-bench: cross-resolution distillation benchmark")
+    parser.add_argument("--version", action="version", version=f"crd-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate the embedded offline dataset")
+    g.add_argument("dataset", help="dataset to generate (only 'synth')")
+    g.add_argument("out", type=Path, help="output folder (canonical layout)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--subjects", type=int, default=24, help="number of subjects (default 24)")
+    g.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"), help="volume size in voxels (default 64 64 64)")
+    g.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("SD", "SH", "SW"), help="voxel size in mm (default 1.5 1.5 1.5)")
+    g.add_argument("--labels", type=int, default=10, help="number of labelled structures (default 10)")
+    g.add_argument("--val", type=int, default=4, help="validation subjects (default 4)")
+    g.add_argument("--test", type=int, default=4, help="test subjects (default 4)")
+    g.add_argument("--deformation", type=float, default=4.0, help="largest control-point displacement between subjects, voxels (default 4)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_generate)
+
+    t = sub.add_parser("train", help="train a method's model")
+    t.add_argument("--data", required=True, help="dataset folder (canonical layout)")
+    t.add_argument("--out", required=True, help="checkpoint to write")
+    _add_model(t)
+    t.add_argument("--objective", choices=["unsupervised", "distill"], help="default: the method file's TRAINING")
+    t.add_argument("--settings", help="train settings: JSON object or a YAML/JSON file (see TrainSettings)")
+    t.add_argument("--iterations", type=int, help="override the number of iterations")
+    t.add_argument("--lr", type=float, help="override the learning rate")
+    t.add_argument("--seed", type=int, help="override the seed")
+    t.add_argument("--init", help="checkpoint that initialises the model")
+    t.add_argument("--teacher", help="frozen teacher checkpoint (objective distill)")
+    _add_common(t)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a method on a dataset's test pairs")
+    e.add_argument("--data", required=True, help="dataset folder (canonical layout)")
+    e.add_argument("--out", required=True, help="tidy CSV to write (+ .json sidecar, .example.nii.gz)")
+    _add_model(e)
+    e.add_argument("--checkpoint", help="trained checkpoint (omit for methods without weights)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"], help="pairs to score (default test)")
+    _add_common(e)
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("report", help="build results/report.html from evaluation tables")
+    r.add_argument("--tables", nargs="+", required=True, help="evaluation CSVs (with .json sidecars)")
+    r.add_argument("--out", required=True, help="HTML file to write")
+    r.add_argument("--baseline", default="hr", help="method the ratios are relative to (default hr)")
+    r.add_argument("--title", default="crd-bench report", help="report title")
+    r.set_defaults(func=_cmd_report)
+
+    m = sub.add_parser("methods", help="list the method plugins")
+    m.add_argument("--folder", default="baselines", help="plugin folder (default baselines)")
+    m.set_defaults(func=_cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``crd`` console script; returns the exit status."""
+    from crd.errors import CrdError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (CrdError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        if os.environ.get("CRD_DEBUG"):
+            raise
+        print(f"crd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"crd {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Method plugins: one file per method in ``baselines/`` says what the method is and needs.
+
+A method file ``baselines/<name>.py`` is plain Python holding a module docstring (the method's
+description) and these names (only ``MODEL`` is required)::
+
+    MODEL = {"kind": "lowres", "width": 1.0}   # crd.models.build_model config; None if the
+                                               # method brings its own rule file
+    TRAINING = "unsupervised"                  # "unsupervised", "distill" or None (no training)
+    INIT = None                                # method whose trained weights initialise it
+    TEACHER = None                             # frozen teacher method ("distill" only)
+    TRAIN = {}                                 # overrides of config.yaml's train settings
+
+A method may also bring ``baselines/<name>.smk``: a Snakemake rule file that produces
+``results/{dataset}/eval/<name>.csv`` (+ ``.json``) itself; the generic train/evaluate rules then
+leave that method alone. The file name is the method name everywhere (config, wildcards, tables).
+
+This module imports nothing but the standard library, so the Snakefile can read the plugins
+without torch.
+"""
+
+from __future__ import annotations
+
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MethodSpec", "MethodError", "load_method", "load_methods", "training_order"]
+
+TRAININGS = ("unsupervised", "distill", None)
+
+
+class MethodError(ValueError):
+    """A method file is malformed, or the methods' dependencies are inconsistent."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What one method is: its model, how it is trained, and which methods it needs."""
+
+    name: str
+    path: Path
+    description: str
+    model: dict[str, Any] | None
+    training: str | None = None
+    init: str | None = None
+    teacher: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    rule_file: Path | None = None
+
+    @property
+    def needs(self) -> list[str]:
+        """Methods whose trained checkpoints this one needs (init first, then teacher)."""
+        return [m for m in (self.init, self.teacher) if m]
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """True if the generic ``train`` rule produces ``models/<name>.pt`` for it."""
+        return self.rule_file is None and self.training is not None
+
+
+def load_method(path: Path) -> MethodSpec:
+    """Read one method file; errors name the file and the bad entry."""
+    path = Path(path)
+    try:
+        ns = runpy.run_path(str(path))
+    except Exception as exc:
+        raise MethodError(f"{path}: cannot be read as a method file: {exc}") from exc
+    name = path.stem
+    rule_file = path.with_suffix(".smk")
+    rule_file = rule_file if rule_file.is_file() else None
+    if "MODEL" not in ns:
+        raise MethodError(f"{path}: a method file must define MODEL (a model config dict or None)")
+    model = ns["MODEL"]
+    if model is not None and (not isinstance(model, dict) or "kind" not in model):
+        raise MethodError(f"{path}: MODEL must be a dict with a 'kind' key or None, got {model!r}")
+    if model is None and rule_file is None:
+        raise MethodError(f"{path}: MODEL is None, so the method must bring its rule file {path.with_suffix('.smk').name}")
+    training = ns.get("TRAINING")
+    if training not in TRAININGS:
+        raise MethodError(f"{path}: TRAINING must be one of {TRAININGS}, got {training!r}")
+    teacher, init = ns.get("TEACHER"), ns.get("INIT")
+    if training == "distill" and not teacher:
+        raise MethodError(f"{path}: TRAINING = 'distill' needs a TEACHER method")
+    if teacher and training != "distill":
+        raise MethodError(f"{path}: TEACHER is only used with TRAINING = 'distill'")
+    train = ns.get("TRAIN", {}) or {}
+    if not isinstance(train, dict):
+        raise MethodError(f"{path}: TRAIN must be a dict of train-setting overrides, got {train!r}")
+    description = (ns.get("__doc__") or "").strip()
+    return MethodSpec(name, path, description, model, training, init, teacher, dict(train), rule_file)
+
+
+def load_methods(folder: Path, names: list[str] | None = None) -> dict[str, MethodSpec]:
+    """Load the method files of ``folder`` (all, or ``names`` and what they need), checked for
+    unknown dependencies and cycles. Keeps the order of ``names`` (dependencies are added)."""
+    folder = Path(folder)
+    available = {p.stem: p for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")}
+    wanted = list(names) if names is not None else list(available)
+    specs: dict[str, MethodSpec] = {}
+    queue = list(wanted)
+    while queue:
+        name = queue.pop(0)
+        if name in specs:
+            continue
+        if name not in available:
+            raise MethodError(
+                f"unknown method {name!r}: no file {folder / (name + '.py')}; "
+                f"available: {', '.join(available) or 'none'}"
+            )
+        spec = load_method(available[name])
+        specs[name] = spec
+        queue.extend(spec.needs)
+    for spec in specs.values():
+        for dep in spec.needs:
+            if not specs[dep].has_checkpoint:
+                raise MethodError(f"{spec.path}: needs {dep!r}, which produces no checkpoint to use")
+    training_order(specs)  # raises on cycles
+    return specs
+
+
+def training_order(specs: dict[str, MethodSpec]) -> list[str]:
+    """Method names ordered so that every method comes after the methods it needs."""
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise MethodError(f"methods depend on each other in a cycle: {' -> '.join(trail + (name,))}")
+        state[name] = 1
+        for dep in specs[name].needs:
+            visit(dep, trail + (name,))
+        state[name] = 2
+        order.append(name)
+
+    for name in specs:
+        visit(name, ())
+    return order

@@ -1,0 +1,98 @@
+"""The registration backbone: the CRD authors' VoxelMorph-style 3-D U-Net, with a width multiplier.
+
+Layer for layer the network of ``crd-official/ARCHITECTURE.md``: every convolution is 3x3x3 with
+padding 1 and a bias, followed by LeakyReLU(0.2) except the flow head; the decoder upsamples with
+nearest-neighbour interpolation to the skip connection's grid. Module names equal the authors'
+checkpoint keys (``conv1`` ... ``decode1``, ``flow``), so their weights map one to one.
+
+At ``width=1`` the backbone has 320,419 parameters; at ``width=0.5`` (the shrunk ``hr-half``
+baseline) 80,723.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Backbone", "conv3", "leaky", "scaled", "FEATURE_NAMES"]
+
+#: decoder outputs exposed by :meth:`Backbone.features`, from coarsest to finest. ``decode_16x`` is
+#: ``decode5``'s output at 1/16 of the input grid, ``decode_8x`` ``decode4``'s at 1/8, ``decode_4x``
+#: ``decode3``'s at 1/4, ``decode_2x`` ``decode2_1``'s at 1/2, ``decode_1x`` ``decode1``'s at 1/1.
+FEATURE_NAMES = ("decode_16x", "decode_8x", "decode_4x", "decode_2x", "decode_1x")
+
+NEGATIVE_SLOPE = 0.2
+
+
+def scaled(channels: int, width: float) -> int:
+    """Number of channels of a layer that has ``channels`` at width 1 (at least 1)."""
+    return max(1, round(channels * width))
+
+
+def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
+    """3x3x3 convolution with padding 1 and a bias (the only layer type of the network)."""
+    return nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=True)
+
+
+def leaky(x: torch.Tensor) -> torch.Tensor:
+    """LeakyReLU(0.2), the activation after every convolution except the flow heads."""
+    return F.leaky_relu(x, NEGATIVE_SLOPE)
+
+
+def _up_to(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour upsampling of ``x`` to the spatial grid of ``like`` (as the authors do)."""
+    return F.interpolate(x, size=like.shape[2:], mode="nearest")
+
+
+class Backbone(nn.Module):
+    """U-Net that maps a ``(B, 2, D, H, W)`` pair (fixed, moving) to a ``(B, 3, D, H, W)`` field.
+
+    Args:
+        width: channel multiplier; 1.0 is the authors' network (16/32 channels).
+        in_channels: input channels (2: fixed and moving concatenated in that order).
+
+    The field is in voxels of the input grid; its channel order is whatever the training
+    convention makes it (crd-bench trains in (D, H, W) order). Sides that are multiples of 16 keep
+    every skip connection aligned.
+    """
+
+    def __init__(self, width: float = 1.0, in_channels: int = 2) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.width = float(width)
+        c16, c32 = scaled(16, width), scaled(32, width)
+        self.conv1 = conv3(in_channels, c16)
+        self.conv2 = conv3(c16, c32, stride=2)
+        self.conv3 = conv3(c32, c32, stride=2)
+        self.conv4 = conv3(c32, c32, stride=2)
+        self.conv5 = conv3(c32, c32, stride=2)
+        self.decode5 = conv3(c32, c32)
+        self.decode4 = conv3(2 * c32, c32)
+        self.decode3 = conv3(2 * c32, c32)
+        self.decode2 = conv3(2 * c32, c32)
+        self.decode2_1 = conv3(c32, c16)
+        self.decode1 = conv3(2 * c16, c16)
+        self.flow = conv3(c16, 3)
+        self.feature_channels = {
+            "decode_16x": c32, "decode_8x": c32, "decode_4x": c32, "decode_2x": c16, "decode_1x": c16,
+        }
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Decoder features of ``x`` (``(B, 2, D, H, W)``), keyed by :data:`FEATURE_NAMES`."""
+        e1 = leaky(self.conv1(x))
+        e2 = leaky(self.conv2(e1))
+        e4 = leaky(self.conv3(e2))
+        e8 = leaky(self.conv4(e4))
+        e16 = leaky(self.conv5(e8))
+        d16 = leaky(self.decode5(e16))
+        d8 = leaky(self.decode4(torch.cat([_up_to(d16, e8), e8], dim=1)))
+        d4 = leaky(self.decode3(torch.cat([_up_to(d8, e4), e4], dim=1)))
+        d2 = leaky(self.decode2_1(leaky(self.decode2(torch.cat([_up_to(d4, e2), e2], dim=1)))))
+        d1 = leaky(self.decode1(torch.cat([_up_to(d2, e1), e1], dim=1)))
+        return {"decode_16x": d16, "decode_8x": d8, "decode_4x": d4, "decode_2x": d2, "decode_1x": d1}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Displacement field ``(B, 3, D, H, W)`` for the concatenated pair ``x``."""
+        return self.flow(self.features(x)["decode_1x"])

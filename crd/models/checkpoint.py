@@ -1,0 +1,105 @@
+"""Self-describing checkpoints: the file holds the model config, so evaluation never restates it.
+
+A crd-bench checkpoint is a ``torch.save``'d dict::
+
+    {"format": "crd-bench-checkpoint", "format_version": 1,
+     "method": "crd", "model": {"kind": "lowres", "width": 1.0, "factor": 2},
+     "state_dict": {...}, "input": {...how images were normalised...},
+     "training": {...settings, iterations, seed...}, "crd_version": "0.1.0"}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from crd.errors import CheckpointError
+from crd.models.registration import build_model
+
+__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "load_model", "atomic_torch_save"]
+
+FORMAT = "crd-bench-checkpoint"
+FORMAT_VERSION = 1
+
+#: how crd-bench datasets feed images to the networks (recorded in every checkpoint)
+DEFAULT_INPUT = {"intensity": "dataset images scaled to [0, 1]", "flow_channels": "D,H,W"}
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    *,
+    method: str,
+    training: dict[str, Any] | None = None,
+    input_spec: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (its config and weights, on the CPU) to ``path`` atomically."""
+    from crd import __version__
+
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "model": dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "input": dict(input_spec or DEFAULT_INPUT),
+        "training": dict(training or {}),
+        "crd_version": __version__,
+    }
+    atomic_torch_save(payload, Path(path))
+    return Path(path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and validate a crd-bench checkpoint dict (weights on the CPU)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, not a torch file at all
+        raise CheckpointError(f"{path}: not a readable crd-bench checkpoint ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a crd-bench checkpoint (expected a dict with format={FORMAT!r}); "
+            "to use the CRD authors' weights, convert them first"
+        )
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {payload['format_version']} is newer than this crd-bench "
+            f"reads ({FORMAT_VERSION}); upgrade crd-bench"
+        )
+    for key in ("model", "state_dict", "method"):
+        if key not in payload:
+            raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
+    return payload
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in ``path``; returns ``(model in eval mode on device, payload)``."""
+    payload = read_checkpoint(path)
+    try:
+        model = build_model(payload["model"])
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {payload['model']}: {exc}") from None
+    return model.to(device).eval(), payload

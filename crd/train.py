@@ -1,0 +1,305 @@
+"""Training: unsupervised (similarity + smoothness) or distillation from a frozen teacher.
+
+``train()`` is the whole stage: it reads a dataset in the canonical layout, builds the model from
+its config, optionally initialises it from another checkpoint, trains with Adam on random
+training pairs (the moving image augmented by a random B-spline deformation), validates and
+saves a resumable state every ``checkpoint_every`` iterations, and writes a self-describing
+checkpoint at the end. An interrupted run started again with the same arguments resumes from
+the last saved state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from crd.data.layout import Dataset, open_dataset
+from crd.deform import RandomFFD
+from crd.errors import CrdError
+from crd.losses import DistillationLoss, UnsupervisedLoss
+from crd.models.checkpoint import atomic_torch_save, load_model, read_checkpoint, save_checkpoint
+from crd.models.functional import warp
+from crd.models.registration import build_model
+from crd.runtime import configure_threads, seed_everything, select_device, setup_logging
+
+__all__ = ["TrainSettings", "train", "initialise_from", "OBJECTIVES"]
+
+log = logging.getLogger("crd.train")
+
+OBJECTIVES = ("unsupervised", "distill")
+
+
+@dataclass
+class TrainSettings:
+    """Every training knob (config.yaml's ``train`` block; a method's ``TRAIN`` overrides it).
+
+    Attributes:
+        iterations: optimisation steps.
+        batch_size: pairs per step.
+        lr: Adam learning rate.
+        lr_decay_at: iterations at which the learning rate is multiplied by ``lr_decay``.
+        lr_decay: multiplicative decay at each of ``lr_decay_at``.
+        grad_clip: max gradient norm (0 = off; the CRD authors use 1.0).
+        ncc_weight: weight of the local NCC similarity (unsupervised objective).
+        ncc_window: side of the NCC window, voxels.
+        smooth_weight: weight of the smoothness term (unsupervised objective).
+        flow_weight: weight of the flow MSE (distill objective).
+        attention_weight: weight of the summed attention-map MSEs (distill objective).
+        augment_probability: chance that a moving image is deformed by a random B-spline field.
+        augment_max_displacement: largest control displacement in voxels; null = the authors'
+            rule ``0.4 * (min side // 4)``.
+        checkpoint_every: iterations between validation + resumable state.
+        val_pairs: validation pairs scored at each checkpoint (0 = none).
+        seed: seeds pair sampling, augmentation and initialisation.
+    """
+
+    iterations: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-4
+    lr_decay_at: list[int] = field(default_factory=list)
+    lr_decay: float = 0.5
+    grad_clip: float = 1.0
+    ncc_weight: float = 1.0
+    ncc_window: int = 9
+    smooth_weight: float = 1.0
+    flow_weight: float = 1.0
+    attention_weight: float = 1.0
+    augment_probability: float = 0.5
+    augment_max_displacement: float | None = None
+    checkpoint_every: int = 100
+    val_pairs: int = 4
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
+        """Build from a mapping; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        settings = cls(**values)
+        if settings.iterations < 1 or settings.batch_size < 1 or settings.checkpoint_every < 1:
+            raise ValueError("iterations, batch_size and checkpoint_every must be >= 1")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def initialise_from(model: nn.Module, checkpoint: Path) -> str:
+    """Copy weights from ``checkpoint`` into ``model``; returns what was copied.
+
+    Same architecture: every weight. Otherwise, when both models hold a backbone of the same
+    width (e.g. ``fst`` from ``hr``): the backbone's weights; the rest keeps its initialisation.
+    """
+    payload = read_checkpoint(checkpoint)
+    source = build_model(payload["model"])
+    source.load_state_dict(payload["state_dict"])
+    if payload["model"] == model.config:
+        model.load_state_dict(source.state_dict())
+        return f"all weights from {checkpoint}"
+    if hasattr(model, "backbone") and hasattr(source, "backbone"):
+        try:
+            model.backbone.load_state_dict(source.backbone.state_dict())
+        except RuntimeError as exc:
+            raise CrdError(f"{checkpoint}: backbone does not fit {model.config}: {exc}") from None
+        return f"backbone weights from {checkpoint}"
+    raise CrdError(f"{checkpoint}: model {payload['model']} cannot initialise {model.config}")
+
+
+class _PairSampler:
+    """Random training pairs, held in memory as ``(1, 1, D, H, W)`` tensors."""
+
+    def __init__(self, dataset: Dataset, split: str, device: torch.device) -> None:
+        self.pairs = dataset.pairs_for(split)
+        if not self.pairs:
+            raise CrdError(f"{dataset.root / 'pairs.csv'}: no {split} pairs")
+        self.images = {
+            s: torch.from_numpy(dataset.load_image(s))[None, None].to(device)
+            for s in sorted({s for p in self.pairs for s in p})
+        }
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.pairs), (size,), generator=generator).tolist()
+        fixed = torch.cat([self.images[self.pairs[i][0]] for i in idx])
+        moving = torch.cat([self.images[self.pairs[i][1]] for i in idx])
+        return fixed, moving
+
+
+def _run_hash(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(
+    data: Path,
+    out: Path,
+    *,
+    method: str,
+    model_config: dict[str, Any],
+    objective: str = "unsupervised",
+    settings: TrainSettings | None = None,
+    init: Path | None = None,
+    teacher: Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    log_file: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``method`` on the dataset at ``data``; write its checkpoint to ``out``.
+
+    Args:
+        data: dataset folder in the canonical layout.
+        out: final checkpoint path (written atomically at the end).
+        method: method name, stored in the checkpoint.
+        model_config: e.g. ``{"kind": "lowres", "width": 1.0, "factor": 2}``.
+        objective: ``"unsupervised"`` (NCC + smoothness) or ``"distill"`` (needs ``teacher``).
+        settings: training settings (defaults: :class:`TrainSettings`).
+        init: checkpoint whose weights initialise the model (see :func:`initialise_from`).
+        teacher: frozen teacher checkpoint for ``objective="distill"``; must have
+            ``forward_with_maps`` (the ``fst``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
+        threads: torch intra-op threads.
+        log_file: also log there (appending).
+        progress: show a progress bar on stderr.
+    """
+    settings = settings or TrainSettings()
+    out = Path(out)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "distill" and teacher is None:
+        raise ValueError("objective 'distill' needs a teacher checkpoint")
+    setup_logging(log_file)
+    dev = select_device(device)
+    n_threads = configure_threads(threads)
+    generator = seed_everything(settings.seed)
+    dataset = open_dataset(data)
+    log.info("training %s (%s, %s) on %s, device %s, %d threads", method, model_config, objective,
+             dataset.root, dev, n_threads)
+    log.info("settings %s", json.dumps(settings.to_dict()))
+
+    model = build_model(model_config).to(dev)
+    if init is not None:
+        log.info("initialised with %s", initialise_from(model, Path(init)))
+        model.to(dev)
+    teacher_model = None
+    if objective == "distill":
+        teacher_model, _ = load_model(Path(teacher), dev)
+        if not hasattr(teacher_model, "forward_with_maps") or not hasattr(model, "forward_with_maps"):
+            raise CrdError(f"distillation needs attention maps from both {teacher} and {method}")
+        teacher_model.requires_grad_(False)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.lr_decay_at, settings.lr_decay)
+    unsup = UnsupervisedLoss(settings.ncc_weight, settings.ncc_window, settings.smooth_weight)
+    distill = DistillationLoss(settings.flow_weight, settings.attention_weight)
+    augment = RandomFFD(max_displacement=settings.augment_max_displacement,
+                        probability=settings.augment_probability)
+    train_pairs = _PairSampler(dataset, "train", dev)
+    val_pairs = dataset.pairs_for("val")[: settings.val_pairs]
+
+    run_id = _run_hash({"method": method, "model": model_config, "objective": objective,
+                        "settings": settings.to_dict(), "data": str(dataset.root),
+                        "init": str(init), "teacher": str(teacher)})
+    resume_path = out.parent / f".{out.name}.resume"
+    start = 0
+    if resume_path.is_file():
+        state = torch.load(resume_path, map_location=dev, weights_only=False)
+        if state.get("run_id") == run_id:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            start = state["iteration"]
+            log.info("resumed from %s at iteration %d", resume_path, start)
+        else:
+            log.warning("ignoring %s: it belongs to a run with other settings", resume_path)
+
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations,
+               desc=f"train {method}", disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    for it in bar:
+        fixed, moving = train_pairs.batch(settings.batch_size, generator)
+        moving = augment(moving, generator)
+        if objective == "unsupervised":
+            flow = model(fixed, moving)
+            terms = unsup(fixed, warp(moving, flow), flow)
+        else:
+            with torch.no_grad():
+                t_flow, t_maps = teacher_model.forward_with_maps(fixed, moving)
+            s_flow, s_maps = model.forward_with_maps(fixed, moving)
+            terms = distill(s_flow, t_flow, s_maps, t_maps)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if settings.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        loss = float(terms.total)
+        if not np.isfinite(loss):
+            raise CrdError(f"training {method} diverged at iteration {it + 1} (loss {loss})")
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        done = it + 1
+        if done % settings.checkpoint_every == 0 or done == settings.iterations:
+            record = {"iteration": done, "loss": loss, **terms.parts,
+                      **_validate(model, dataset, val_pairs, unsup, dev)}
+            history.append(record)
+            log.info("iter %d/%d %s", done, settings.iterations,
+                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
+            model.train()
+            if done < settings.iterations:
+                atomic_torch_save({"run_id": run_id, "iteration": done, "model": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(),
+                                   "generator": generator.get_state(),
+                                   "torch_rng": torch.get_rng_state()}, resume_path)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    save_checkpoint(out, model, method=method, training={
+        "objective": objective, "settings": settings.to_dict(), "data": str(dataset.root),
+        "dataset": dataset.name, "init": str(init) if init else None,
+        "teacher": str(teacher) if teacher else None, "device": str(dev), "threads": n_threads,
+        "seconds_this_run": round(seconds, 2), "resumed_at": start, "history": history,
+    })
+    resume_path.unlink(missing_ok=True)
+    log.info("wrote %s after %d iterations (%.1f s this run)", out, settings.iterations, seconds)
+    return out
+
+
+@torch.no_grad()
+def _validate(
+    model: nn.Module, dataset: Dataset, pairs: list[tuple[str, str]], loss: UnsupervisedLoss,
+    device: torch.device,
+) -> dict[str, float]:
+    """Mean unsupervised loss and mean Dice (labels warped nearest) over ``pairs``."""
+    if not pairs:
+        return {}
+    from crd.metrics import dice_per_label
+
+    model.eval()
+    losses, dices = [], []
+    labels = sorted(dataset.labels)
+    for fixed_id, moving_id in pairs:
+        fixed = torch.from_numpy(dataset.load_image(fixed_id))[None, None].to(device)
+        moving = torch.from_numpy(dataset.load_image(moving_id))[None, None].to(device)
+        flow = model(fixed, moving)
+        losses.append(float(loss(fixed, warp(moving, flow), flow).total))
+        moving_lab = torch.from_numpy(dataset.load_labels(moving_id).astype(np.int32))[None, None].to(device)
+        warped_lab = warp(moving_lab, flow, mode="nearest")[0, 0].cpu().numpy()
+        per_label = dice_per_label(dataset.load_labels(fixed_id), warped_lab, labels)
+        dices.append(float(np.nanmean(list(per_label.values()))))
+    return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices))}
