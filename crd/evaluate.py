@@ -115,7 +115,7 @@ def evaluate(
         )
         rows.extend({**pair, **r} for r in scored)
         if i == 0:
-            write_nifti(example_path, warped[0, 0].float().cpu().numpy(), dataset.load_affine(fixed_id))
+            write_nifti(example_path, warped[0, 0].float().cpu().numpy(), affine=dataset.load_affine(fixed_id))
             example = {
                 "fixed": fixed_id, "moving": moving_id,
                 "fixed_image": str(dataset.image_path(fixed_id)),

@@ -1,0 +1,70 @@
+"""The method plugins of baselines/: one contract test over every file, and the loader's errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from crd.methods import MethodError, load_method, load_methods, training_order
+from crd.models.registration import build_model
+from tests.conftest import REPO
+
+PLUGINS = sorted((REPO / "baselines").glob("*.py"))
+
+
+def test_the_first_method_set_is_there():
+    assert {p.stem for p in PLUGINS} >= {"identity", "hr", "lr", "hr-half", "fst", "crd"}
+
+
+@pytest.mark.parametrize("path", PLUGINS, ids=[p.stem for p in PLUGINS])
+def test_every_plugin_honours_the_contract(path):
+    spec = load_method(path)
+    assert spec.name == path.stem
+    assert spec.description.startswith(f"{spec.name}:"), "docstring starts with 'name: what it is'"
+    if spec.model is not None:
+        model = build_model(spec.model)
+        x = torch.rand(1, 1, 32, 32, 32)
+        assert model(x, x).shape == (1, 3, 32, 32, 32)
+        if spec.training == "distill":
+            assert hasattr(model, "forward_with_maps")
+    for dep in spec.needs:
+        assert (path.parent / f"{dep}.py").is_file()
+    assert load_methods(path.parent, [spec.name])  # its dependencies resolve
+
+
+def test_dependencies_come_first():
+    specs = load_methods(REPO / "baselines", ["crd"])
+    assert set(specs) == {"crd", "lr", "fst", "hr"}
+    order = training_order(specs)
+    assert order.index("hr") < order.index("fst") < order.index("crd")
+    assert order.index("lr") < order.index("crd")
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    return path
+
+
+def test_malformed_plugins_are_refused_with_the_file_name(tmp_path):
+    with pytest.raises(MethodError, match="nomodel.py: a method file must define MODEL"):
+        load_method(_write(tmp_path, "nomodel", "TRAINING = None\n"))
+    with pytest.raises(MethodError, match="badtrain.py: TRAINING must be one of"):
+        load_method(_write(tmp_path, "badtrain", "MODEL = {'kind': 'fullres'}\nTRAINING = 'rl'\n"))
+    with pytest.raises(MethodError, match="needs a TEACHER"):
+        load_method(_write(tmp_path, "noteacher", "MODEL = {'kind': 'lowres'}\nTRAINING = 'distill'\n"))
+    with pytest.raises(MethodError, match="cannot be read"):
+        load_method(_write(tmp_path, "broken", "MODEL = {\n"))
+
+
+def test_unknown_and_cyclic_dependencies_are_refused(tmp_path):
+    _write(tmp_path, "a", "MODEL = {'kind': 'fullres'}\nTRAINING = 'unsupervised'\nINIT = 'b'\n")
+    _write(tmp_path, "b", "MODEL = {'kind': 'fullres'}\nTRAINING = 'unsupervised'\nINIT = 'a'\n")
+    with pytest.raises(MethodError, match="cycle"):
+        load_methods(tmp_path)
+    with pytest.raises(MethodError, match="unknown method 'zzz'"):
+        load_methods(tmp_path, ["zzz"])
+    _write(tmp_path, "c", "MODEL = {'kind': 'fullres'}\nTRAINING = 'unsupervised'\nINIT = 'identity'\n")
+    _write(tmp_path, "identity", "MODEL = {'kind': 'identity'}\n")
+    with pytest.raises(MethodError, match="produces no checkpoint"):
+        load_methods(tmp_path, ["c"])

@@ -1,0 +1,155 @@
+"""Tests for crd.data.synth: the embedded synthetic registration dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from crd.data.layout import open_dataset
+from crd.data.synth import generate_synth, synth_pairs
+
+# small but real: 32^3, 8 subjects (3 train, 2 val, 3 test), deformation scaled to the size
+SMALL = dict(
+    n_subjects=8, shape=(32, 32, 32), n_val=2, n_test=3, deformation_voxels=4.5, progress=False
+)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    return generate_synth(tmp_path_factory.mktemp("synth") / "synth", seed=0, **SMALL)
+
+
+def _dice(a: np.ndarray, b: np.ndarray, labels) -> float:
+    scores = []
+    for lab in labels:
+        x, y = a == lab, b == lab
+        scores.append(2.0 * np.logical_and(x, y).sum() / (x.sum() + y.sum()))
+    return float(np.mean(scores))
+
+
+def test_layout_and_metadata(synth_dir: Path):
+    ds = open_dataset(synth_dir)  # also checks every header against dataset.json
+    assert ds.name == "synth"
+    assert ds.shape == (32, 32, 32) and ds.spacing == (1.5, 1.5, 1.5)
+    assert len(ds.labels) == 10 and list(ds.labels) == list(range(1, 11))
+    info = json.loads((synth_dir / "dataset.json").read_text())
+    assert info["checksums"] == {} and info["generator"]["seed"] == 0
+    assert info["intensity"] == "images scaled to [0, 1]"
+    for key in ("description", "source", "license", "citation", "crd_version"):
+        assert key in info
+    for s in ds.all_subjects():
+        img = nib.load(ds.image_path(s))
+        assert img.shape == tuple(info["shape"])
+        assert img.header.get_zooms() == pytest.approx(info["spacing"])
+        image = ds.load_image(s)
+        assert image.dtype == np.float32 and image.min() >= 0 and image.max() <= 1
+    assert not [p for p in synth_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs
+
+
+def test_splits_and_pairs(synth_dir: Path):
+    ds = open_dataset(synth_dir, check_headers=False)
+    ids = [f"synth_{i:03d}" for i in range(8)]
+    assert ds.subjects("train") == ids[:3]
+    assert ds.subjects("val") == ids[3:5]
+    assert ds.subjects("test") == ids[5:]
+    assert len(ds.pairs_for("train")) == 3 * 2  # all ordered pairs of distinct subjects
+    assert ds.pairs_for("val") == [(ids[3], ids[4])]
+    assert ds.pairs_for("test") == [(ids[5], ids[6]), (ids[6], ids[7]), (ids[7], ids[5])]
+    in_train = {s for pair in ds.pairs_for("train") for s in pair}
+    assert not in_train & set(ds.subjects("test"))
+    assert not in_train & set(ds.subjects("val"))
+
+
+def test_synth_pairs_small_splits():
+    rows = synth_pairs(["a", "b", "c", "d"], n_val=0, n_test=2)
+    assert rows == [("train", "a", "b"), ("train", "b", "a"), ("test", "c", "d")]
+
+
+def test_labels_present_with_volume_in_every_subject(synth_dir: Path):
+    ds = open_dataset(synth_dir, check_headers=False)
+    assert len(ds.labels) >= 8
+    for s in ds.all_subjects():
+        labels = ds.load_labels(s)
+        volumes = np.bincount(labels.ravel(), minlength=11)[1:]
+        head = volumes.sum()
+        assert set(np.unique(labels).tolist()) == set(range(11))
+        # every structure keeps a reasonable share of the head (mean share is 1/10)
+        assert volumes.min() >= 0.02 * head, (s, volumes)
+
+
+def test_intensities_distinct_per_label(synth_dir: Path):
+    ds = open_dataset(synth_dir, check_headers=False)
+    medians = []  # per subject, per label: median intensity away from borders
+    for s in ds.all_subjects():
+        image, labels = ds.load_image(s), ds.load_labels(s)
+        row = []
+        for lab in ds.labels:
+            core = ndimage.binary_erosion(labels == lab)
+            row.append(np.median(image[core if core.any() else labels == lab]))
+        medians.append(row)
+    per_label = np.median(np.array(medians), axis=0)
+    gaps = np.diff(np.sort(per_label))
+    assert gaps.min() > 0.03, per_label  # the generating means are 0.07 apart
+    background = ds.load_image(ds.all_subjects()[0])[ds.load_labels(ds.all_subjects()[0]) == 0]
+    assert np.median(background) < per_label.min()
+
+
+def test_registration_is_needed_but_feasible(synth_dir: Path):
+    ds = open_dataset(synth_dir, check_headers=False)
+    labels = list(ds.labels)
+    dice = [
+        _dice(ds.load_labels(f), ds.load_labels(m), labels) for f, m in ds.pairs_for("test")
+    ]
+    assert 0.2 < np.mean(dice) < 0.85, dice
+
+
+def test_deterministic_bytes(synth_dir: Path, tmp_path: Path):
+    again = generate_synth(tmp_path / "again", seed=0, **SMALL)
+    other = generate_synth(tmp_path / "other", seed=1, **SMALL)
+    for rel in ("images/synth_006.nii.gz", "labels/synth_002.nii.gz", "pairs.csv"):
+        assert (synth_dir / rel).read_bytes() == (again / rel).read_bytes(), rel
+    assert (synth_dir / "dataset.json").read_text() == (again / "dataset.json").read_text()
+    assert (synth_dir / "images/synth_006.nii.gz").read_bytes() != (
+        other / "images/synth_006.nii.gz"
+    ).read_bytes()
+
+
+def test_subjects_do_not_depend_on_n_subjects(synth_dir: Path, tmp_path: Path):
+    fewer = generate_synth(tmp_path / "fewer", seed=0, **{**SMALL, "n_subjects": 7, "n_test": 2})
+    rel = "images/synth_001.nii.gz"
+    assert (synth_dir / rel).read_bytes() == (fewer / rel).read_bytes()
+
+
+def test_refuses_non_empty_and_overwrites(tmp_path: Path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    small = {**SMALL, "shape": (16, 16, 16), "n_subjects": 4, "n_val": 0, "n_test": 2}
+    with pytest.raises(FileExistsError, match="not empty"):
+        generate_synth(out, **small)
+    assert (out / "keep.txt").exists()
+    generate_synth(out, overwrite=True, **{**small, "n_labels": 4, "deformation_voxels": 2.0})
+    assert not (out / "keep.txt").exists()
+    assert (out / "dataset.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temp or old folders left
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"n_test": 1}, "n_test"),
+        ({"n_val": 1}, "n_val"),
+        ({"n_subjects": 5}, "training subjects"),
+        ({"shape": (32, 32)}, "shape"),
+        ({"n_control": 3}, "n_control"),
+    ],
+)
+def test_bad_arguments(tmp_path: Path, changes: dict, match: str):
+    with pytest.raises(ValueError, match=match):
+        generate_synth(tmp_path / "bad", **{**SMALL, **changes})
+    assert not (tmp_path / "bad").exists()

@@ -1,0 +1,69 @@
+# Shared helpers of the rules: config validation, method plugins, paths. Imports no torch.
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO))
+# Jobs run `python -m crd` from this checkout (also inside --use-conda environments).
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
+from crd.methods import MethodError, load_methods  # noqa: E402  (stdlib-only module)
+from crd.workflow_config import ConfigError, validate_config  # noqa: E402
+
+try:
+    validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    METHODS = load_methods(REPO / config["baselines"], config["methods"])
+except (ConfigError, MethodError) as _exc:
+    raise WorkflowError(f"invalid configuration: {_exc}") from None
+
+CRD = "python -m crd"
+DATA = config["data_root"]
+RESULTS = config["results"]
+DATASETS = list(config["datasets"])
+ENV = "../envs/crd.yaml"
+REPORTED = list(config["methods"])
+GENERIC = [m for m, s in METHODS.items() if s.rule_file is None]
+TRAINED = [m for m in GENERIC if METHODS[m].has_checkpoint]
+PLUGIN_RULE_FILES = [str(s.rule_file) for s in METHODS.values() if s.rule_file is not None]
+
+
+def _alternatives(names):
+    """A wildcard regex matching exactly these names (never empty)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def dataset_dir(dataset):
+    return f"{DATA}/{dataset}"
+
+
+def model_path(dataset, method):
+    return f"{RESULTS}/{dataset}/models/{method}.pt"
+
+
+def eval_path(dataset, method, ext="csv"):
+    return f"{RESULTS}/{dataset}/eval/{method}.{ext}"
+
+
+def report_path():
+    return f"{RESULTS}/report.html"
+
+
+def train_settings(method):
+    """config train block < the method file's TRAIN < config method_train[method]."""
+    settings = dict(config["train"])
+    settings.update(METHODS[method].train)
+    settings.update(config.get("method_train", {}).get(method, {}))
+    return settings
+
+
+def mem_mb(stage):
+    return config["resources"]["mem_mb"][stage]
+
+
+GPU = config["resources"]["gpu"]
