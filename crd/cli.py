@@ -26,19 +26,21 @@ def _load_settings(text: str | None) -> dict[str, Any]:
     """``--settings``: a JSON object, or the path of a JSON/YAML file holding one."""
     if not text:
         return {}
-    path = Path(text)
-    if path.is_file():
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--settings is not a valid JSON object: {exc}") from None
+    else:
         import yaml
 
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"--settings: {path} is neither a JSON object nor an existing file")
         try:
             value = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
-    else:
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--settings is neither an existing file nor a JSON object: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"--settings must hold a mapping of train settings, got {type(value).__name__}")
     return value
@@ -64,13 +66,18 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     if args.dataset != "synth":
         raise ValueError(f"crd generate knows the embedded dataset 'synth' only, got {args.dataset!r}")
-    out = generate_synth(
-        args.out, n_subjects=args.subjects, shape=tuple(args.shape), spacing=tuple(args.spacing),
-        n_labels=args.labels, n_val=args.val, n_test=args.test,
-        deformation_voxels=args.deformation, seed=args.seed, overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    print(out)
+    options = {
+        "n_subjects": args.subjects,
+        "shape": args.shape,
+        "spacing": args.spacing,
+        "n_labels": args.labels,
+        "n_val": args.val,
+        "n_test": args.test,
+        "deformation_voxels": args.deformation,
+        "seed": args.seed,
+    }
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v is not None}
+    print(generate_synth(args.out, overwrite=args.overwrite, progress=not args.no_progress, **kwargs))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -88,9 +95,18 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if not method:
         raise ValueError("name the method with --method (or give --method-file)")
     train(
-        Path(args.data), Path(args.out), method=method, model_config=model, objective=objective,
-        settings=TrainSettings.from_dict(values), init=args.init, teacher=args.teacher,
-        device=args.device, threads=args.threads, log_file=args.log, progress=not args.no_progress,
+        Path(args.data),
+        Path(args.out),
+        method=method,
+        model_config=model,
+        objective=objective,
+        settings=TrainSettings.from_dict(values),
+        init=args.init,
+        teacher=args.teacher,
+        device=args.device,
+        threads=args.threads,
+        log_file=args.log,
+        progress=not args.no_progress,
     )
 
 
@@ -104,18 +120,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.checkpoint is None and model is None:
         raise ValueError("give --checkpoint, or --method-file/--model for a method without weights")
     evaluate(
-        Path(args.data), Path(args.out), method=method,
+        Path(args.data),
+        Path(args.out),
+        method=method,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        model_config=None if args.checkpoint else model, split=args.split, device=args.device,
-        threads=args.threads, log_file=args.log, progress=not args.no_progress,
+        model_config=None if args.checkpoint else model,
+        split=args.split,
+        device=args.device,
+        threads=args.threads,
+        log_file=args.log,
+        progress=not args.no_progress,
     )
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from crd.report.build import build_report
 
-    print(build_report([Path(t) for t in args.tables], Path(args.out), title=args.title,
-                       baseline=args.baseline))
+    print(build_report([Path(t) for t in args.tables], Path(args.out), title=args.title, baseline=args.baseline))
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -137,8 +158,23 @@ def _add_common(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method-file", help="a method plugin, e.g. baselines/crd.py (model, objective, needs)")
-    p.add_argument("--model", help='model config as JSON, e.g. \'{"kind": "lowres", "width": 1}\' (overrides the method file)')
+    p.add_argument(
+        "--model", help='model config as JSON, e.g. \'{"kind": "lowres", "width": 1}\' (overrides the method file)'
+    )
     p.add_argument("--method", help="method name stored in outputs (default: the method file's name)")
+
+
+def _synth_defaults() -> dict[str, Any]:
+    """The defaults of :func:`crd.data.synth.generate_synth` (the CLI shows, never restates them)."""
+    import inspect
+
+    from crd.data.synth import generate_synth
+
+    return {
+        k: p.default
+        for k, p in inspect.signature(generate_synth).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,14 +187,31 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate the embedded offline dataset")
     g.add_argument("dataset", help="dataset to generate (only 'synth')")
     g.add_argument("out", type=Path, help="output folder (canonical layout)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    g.add_argument("--subjects", type=int, default=24, help="number of subjects (default 24)")
-    g.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("D", "H", "W"), help="volume size in voxels (default 64 64 64)")
-    g.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("SD", "SH", "SW"), help="voxel size in mm (default 1.5 1.5 1.5)")
-    g.add_argument("--labels", type=int, default=10, help="number of labelled structures (default 10)")
-    g.add_argument("--val", type=int, default=4, help="validation subjects (default 4)")
-    g.add_argument("--test", type=int, default=4, help="test subjects (default 4)")
-    g.add_argument("--deformation", type=float, default=4.0, help="largest control-point displacement between subjects, voxels (default 4)")
+    defaults = _synth_defaults()
+    g.add_argument("--seed", type=int, help=f"random seed (default {defaults['seed']})")
+    g.add_argument("--subjects", type=int, help=f"number of subjects (default {defaults['n_subjects']})")
+    g.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("D", "H", "W"),
+        help=f"volume size in voxels (default {defaults['shape']})",
+    )
+    g.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("SD", "SH", "SW"),
+        help=f"voxel size in mm (default {defaults['spacing']})",
+    )
+    g.add_argument("--labels", type=int, help=f"number of labelled structures (default {defaults['n_labels']})")
+    g.add_argument("--val", type=int, help=f"validation subjects (default {defaults['n_val']})")
+    g.add_argument("--test", type=int, help=f"test subjects (default {defaults['n_test']})")
+    g.add_argument(
+        "--deformation",
+        type=float,
+        help=f"largest control-point displacement between subjects, voxels (default {defaults['deformation_voxels']})",
+    )
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)

@@ -85,8 +85,15 @@ def evaluate(
     if not pairs:
         raise ValueError(f"{dataset.root / 'pairs.csv'}: no {split!r} pairs to evaluate")
     labels = sorted(dataset.labels)
-    log.info("evaluating %s on %d %s pairs of %s (device %s, %d threads)",
-             method, len(pairs), split, dataset.name, dev, n_threads)
+    log.info(
+        "evaluating %s on %d %s pairs of %s (device %s, %d threads)",
+        method,
+        len(pairs),
+        split,
+        dataset.name,
+        dev,
+        n_threads,
+    )
 
     rows: list[dict[str, Any]] = []
     n_params = sum(p.numel() for p in model.parameters())
@@ -95,29 +102,37 @@ def evaluate(
     example: dict[str, Any] | None = None
 
     _register(model, *_load_pair(dataset, *pairs[0], dev)[:2])  # warm-up, untimed
-    for i, (fixed_id, moving_id) in enumerate(tqdm(pairs, desc=f"evaluate {method}",
-                                                    disable=not progress, mininterval=2.0)):
+    for i, (fixed_id, moving_id) in enumerate(
+        tqdm(pairs, desc=f"evaluate {method}", disable=not progress, mininterval=2.0)
+    ):
         fixed, moving, moving_lab = _load_pair(dataset, fixed_id, moving_id, dev)
         with measure(dev) as m:
             flow, warped = _register(model, fixed, moving)
         with torch.inference_mode():
             warped_lab = warp(moving_lab, flow, mode="nearest")
         pair = {"fixed": fixed_id, "moving": moving_id}
-        for metric, value in (("time_s", m.seconds), ("peak_rss_mb", m.peak_rss_mb),
-                              ("cuda_alloc_peak_mb", m.cuda_alloc_peak_mb),
-                              ("nvml_peak_mb", m.nvml_peak_mb)):
+        for metric, value in (
+            ("time_s", m.seconds),
+            ("peak_rss_mb", m.peak_rss_mb),
+            ("cuda_alloc_peak_mb", m.cuda_alloc_peak_mb),
+            ("nvml_peak_mb", m.nvml_peak_mb),
+        ):
             if value is not None:
                 rows.append({**pair, "metric": metric, "label": None, "value": value})
         scored = score_pair(
-            dataset.load_labels(fixed_id), dataset.load_labels(moving_id),
-            warped_lab[0, 0].cpu().numpy(), labels, dataset.spacing,
+            dataset.load_labels(fixed_id),
+            dataset.load_labels(moving_id),
+            warped_lab[0, 0].cpu().numpy(),
+            labels,
+            dataset.spacing,
             flow=flow[0].float().cpu().numpy(),
         )
         rows.extend({**pair, **r} for r in scored)
         if i == 0:
             write_nifti(example_path, warped[0, 0].float().cpu().numpy(), affine=dataset.load_affine(fixed_id))
             example = {
-                "fixed": fixed_id, "moving": moving_id,
+                "fixed": fixed_id,
+                "moving": moving_id,
                 "fixed_image": str(dataset.image_path(fixed_id)),
                 "moving_image": str(dataset.image_path(moving_id)),
                 "fixed_labels": str(dataset.label_path(fixed_id)),
@@ -130,17 +145,28 @@ def evaluate(
     table["label"] = table["label"].astype("Int64")
     table = table[TABLE_COLUMNS]
     sidecar = {
-        "dataset": dataset.name, "method": method, "split": split, "n_pairs": len(pairs),
+        "dataset": dataset.name,
+        "method": method,
+        "split": split,
+        "n_pairs": len(pairs),
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "model": getattr(model, "config", model_config), "params": n_params,
-        **device_description(dev), "example": example,
+        "model": getattr(model, "config", model_config),
+        "params": n_params,
+        **device_description(dev),
+        "example": example,
     }
     _atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     _atomic_write_text(out, table.to_csv(index=False))
     dice = table[(table.metric == "dice") & table.label.isna()]["value"]
     times = table[table.metric == "time_s"]["value"]
-    log.info("%s: mean Dice %.4f over %d pairs, median time %.3f s; wrote %s",
-             method, dice.mean(), len(dice), times.median(), out)
+    log.info(
+        "%s: mean Dice %.4f over %d pairs, median time %.3f s; wrote %s",
+        method,
+        dice.mean(),
+        len(dice),
+        times.median(),
+        out,
+    )
     return out
 
 

@@ -92,7 +92,9 @@ class DistillationLoss(nn.Module):
         att_terms = []
         for s, t in zip(student_maps, teacher_maps, strict=True):
             if s.shape != t.shape:
-                raise ValueError(f"attention maps on different grids: student {tuple(s.shape)}, teacher {tuple(t.shape)}")
+                raise ValueError(
+                    f"attention maps on different grids: student {tuple(s.shape)}, teacher {tuple(t.shape)}"
+                )
             att_terms.append(F.mse_loss(s, t))
         att = torch.stack(att_terms).sum()
         total = self.flow_weight * flow_term + self.attention_weight * att

@@ -75,7 +75,9 @@ def load_method(path: Path) -> MethodSpec:
     if model is not None and (not isinstance(model, dict) or "kind" not in model):
         raise MethodError(f"{path}: MODEL must be a dict with a 'kind' key or None, got {model!r}")
     if model is None and rule_file is None:
-        raise MethodError(f"{path}: MODEL is None, so the method must bring its rule file {path.with_suffix('.smk').name}")
+        raise MethodError(
+            f"{path}: MODEL is None, so the method must bring its rule file {path.with_suffix('.smk').name}"
+        )
     training = ns.get("TRAINING")
     if training not in TRAININGS:
         raise MethodError(f"{path}: TRAINING must be one of {TRAININGS}, got {training!r}")

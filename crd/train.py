@@ -184,8 +184,15 @@ def train(
     n_threads = configure_threads(threads)
     generator = seed_everything(settings.seed)
     dataset = open_dataset(data)
-    log.info("training %s (%s, %s) on %s, device %s, %d threads", method, model_config, objective,
-             dataset.root, dev, n_threads)
+    log.info(
+        "training %s (%s, %s) on %s, device %s, %d threads",
+        method,
+        model_config,
+        objective,
+        dataset.root,
+        dev,
+        n_threads,
+    )
     log.info("settings %s", json.dumps(settings.to_dict()))
 
     model = build_model(model_config).to(dev)
@@ -203,14 +210,21 @@ def train(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.lr_decay_at, settings.lr_decay)
     unsup = UnsupervisedLoss(settings.ncc_weight, settings.ncc_window, settings.smooth_weight)
     distill = DistillationLoss(settings.flow_weight, settings.attention_weight)
-    augment = RandomFFD(max_displacement=settings.augment_max_displacement,
-                        probability=settings.augment_probability)
+    augment = RandomFFD(max_displacement=settings.augment_max_displacement, probability=settings.augment_probability)
     train_pairs = _PairSampler(dataset, "train", dev)
     val_pairs = dataset.pairs_for("val")[: settings.val_pairs]
 
-    run_id = _run_hash({"method": method, "model": model_config, "objective": objective,
-                        "settings": settings.to_dict(), "data": str(dataset.root),
-                        "init": str(init), "teacher": str(teacher)})
+    run_id = _run_hash(
+        {
+            "method": method,
+            "model": model_config,
+            "objective": objective,
+            "settings": settings.to_dict(),
+            "data": str(dataset.root),
+            "init": str(init),
+            "teacher": str(teacher),
+        }
+    )
     resume_path = out.parent / f".{out.name}.resume"
     start = 0
     if resume_path.is_file():
@@ -229,8 +243,15 @@ def train(
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations,
-               desc=f"train {method}", disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(
+        range(start, settings.iterations),
+        initial=start,
+        total=settings.iterations,
+        desc=f"train {method}",
+        disable=not progress,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
     for it in bar:
         fixed, moving = train_pairs.batch(settings.batch_size, generator)
         moving = augment(moving, generator)
@@ -248,33 +269,60 @@ def train(
             nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         scheduler.step()
-        loss = float(terms.total)
+        loss = terms.total.item()
         if not np.isfinite(loss):
             raise CrdError(f"training {method} diverged at iteration {it + 1} (loss {loss})")
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         done = it + 1
         if done % settings.checkpoint_every == 0 or done == settings.iterations:
-            record = {"iteration": done, "loss": loss, **terms.parts,
-                      **_validate(model, dataset, val_pairs, unsup, dev)}
+            record = {
+                "iteration": done,
+                "loss": loss,
+                **terms.parts,
+                **_validate(model, dataset, val_pairs, unsup, dev),
+            }
             history.append(record)
-            log.info("iter %d/%d %s", done, settings.iterations,
-                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))
+            log.info(
+                "iter %d/%d %s",
+                done,
+                settings.iterations,
+                " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"),
+            )
             model.train()
             if done < settings.iterations:
-                atomic_torch_save({"run_id": run_id, "iteration": done, "model": model.state_dict(),
-                                   "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict(),
-                                   "generator": generator.get_state(),
-                                   "torch_rng": torch.get_rng_state()}, resume_path)
+                atomic_torch_save(
+                    {
+                        "run_id": run_id,
+                        "iteration": done,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                    },
+                    resume_path,
+                )
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
-    save_checkpoint(out, model, method=method, training={
-        "objective": objective, "settings": settings.to_dict(), "data": str(dataset.root),
-        "dataset": dataset.name, "init": str(init) if init else None,
-        "teacher": str(teacher) if teacher else None, "device": str(dev), "threads": n_threads,
-        "seconds_this_run": round(seconds, 2), "resumed_at": start, "history": history,
-    })
+    save_checkpoint(
+        out,
+        model,
+        method=method,
+        training={
+            "objective": objective,
+            "settings": settings.to_dict(),
+            "data": str(dataset.root),
+            "dataset": dataset.name,
+            "init": str(init) if init else None,
+            "teacher": str(teacher) if teacher else None,
+            "device": str(dev),
+            "threads": n_threads,
+            "seconds_this_run": round(seconds, 2),
+            "resumed_at": start,
+            "history": history,
+        },
+    )
     resume_path.unlink(missing_ok=True)
     log.info("wrote %s after %d iterations (%.1f s this run)", out, settings.iterations, seconds)
     return out
@@ -282,7 +330,10 @@ def train(
 
 @torch.no_grad()
 def _validate(
-    model: nn.Module, dataset: Dataset, pairs: list[tuple[str, str]], loss: UnsupervisedLoss,
+    model: nn.Module,
+    dataset: Dataset,
+    pairs: list[tuple[str, str]],
+    loss: UnsupervisedLoss,
     device: torch.device,
 ) -> dict[str, float]:
     """Mean unsupervised loss and mean Dice (labels warped nearest) over ``pairs``."""

@@ -22,5 +22,4 @@ def tiny_synth(tmp_path_factory) -> Path:
     from crd.data.synth import generate_synth
 
     root = tmp_path_factory.mktemp("data") / "synth"
-    return generate_synth(root, n_subjects=8, shape=(32, 32, 32), n_labels=8, n_val=2, n_test=2,
-                          seed=1, progress=False)
+    return generate_synth(root, n_subjects=8, shape=(32, 32, 32), n_labels=8, n_val=2, n_test=2, seed=1, progress=False)

@@ -38,10 +38,17 @@ def test_backbone_features_grids_and_channels():
         assert feats[name].shape[1] == net.feature_channels[name]
 
 
-@pytest.mark.parametrize("config", [
-    {"kind": "fullres"}, {"kind": "fullres", "width": 0.5}, {"kind": "lowres"},
-    {"kind": "lowres", "factor": 4}, {"kind": "fst"}, {"kind": "identity"},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kind": "fullres"},
+        {"kind": "fullres", "width": 0.5},
+        {"kind": "lowres"},
+        {"kind": "lowres", "factor": 4},
+        {"kind": "fst"},
+        {"kind": "identity"},
+    ],
+)
 def test_every_model_maps_a_pair_to_a_full_resolution_field(config):
     model = build_model(config)
     fixed, moving = torch.rand(2, 1, 64, 32, 64), torch.rand(2, 1, 64, 32, 64)
@@ -113,10 +120,16 @@ def test_bad_checkpoints_are_refused_with_the_file_name(tmp_path):
         read_checkpoint(truncated)
 
 
-@pytest.mark.skipif(not (SHARED / "crd-official").is_dir(), reason="../shared/crd-official (the authors' weights) is not present")
-@pytest.mark.parametrize("name, model", [
-    ("oasis_lr_student_init.pth", LowResolutionNet), ("oasis_fst_teacher.pth", FeatureShiftedTeacher),
-])
+@pytest.mark.skipif(
+    not (SHARED / "crd-official").is_dir(), reason="../shared/crd-official (the authors' weights) is not present"
+)
+@pytest.mark.parametrize(
+    "name, model",
+    [
+        ("oasis_lr_student_init.pth", LowResolutionNet),
+        ("oasis_fst_teacher.pth", FeatureShiftedTeacher),
+    ],
+)
 def test_the_authors_weights_fit_our_modules_key_for_key(name, model):
     state = torch.load(SHARED / "crd-official" / name, map_location="cpu", weights_only=False)
     prefix = "module.defnet_0."

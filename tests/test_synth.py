@@ -102,9 +102,7 @@ def test_intensities_distinct_per_label(synth_dir: Path):
 def test_registration_is_needed_but_feasible(synth_dir: Path):
     ds = open_dataset(synth_dir, check_headers=False)
     labels = list(ds.labels)
-    dice = [
-        _dice(ds.load_labels(f), ds.load_labels(m), labels) for f, m in ds.pairs_for("test")
-    ]
+    dice = [_dice(ds.load_labels(f), ds.load_labels(m), labels) for f, m in ds.pairs_for("test")]
     assert 0.2 < np.mean(dice) < 0.85, dice
 
 

@@ -29,13 +29,21 @@ def test_training_steps_lower_the_loss_on_a_pair():
         opt.zero_grad()
         terms.total.backward()
         opt.step()
-        losses.append(float(terms.total))
+        losses.append(terms.total.item())
     assert sum(losses[-5:]) / 5 < losses[0] - 0.01
 
 
 def test_train_writes_a_self_describing_checkpoint(tiny_synth, tmp_path):
-    out = train(tiny_synth, tmp_path / "hr.pt", method="hr", model_config={"kind": "fullres", "width": 0.5},
-                settings=TrainSettings.from_dict(FAST), threads=2, log_file=tmp_path / "hr.log", progress=False)
+    out = train(
+        tiny_synth,
+        tmp_path / "hr.pt",
+        method="hr",
+        model_config={"kind": "fullres", "width": 0.5},
+        settings=TrainSettings.from_dict(FAST),
+        threads=2,
+        log_file=tmp_path / "hr.log",
+        progress=False,
+    )
     payload = read_checkpoint(out)
     assert payload["method"] == "hr" and payload["model"] == {"kind": "fullres", "width": 0.5}
     assert payload["training"]["settings"]["iterations"] == 4
@@ -80,9 +88,18 @@ def test_fst_starts_from_hr_backbone_and_crd_distills(tiny_synth, tmp_path):
     torch.testing.assert_close(fst.backbone.conv1.weight, load_model(hr)[0].backbone.conv1.weight)
     save_checkpoint(tmp_path / "fst.pt", fst, method="fst")
     lr = save_checkpoint(tmp_path / "lr.pt", LowResolutionNet(), method="lr")
-    out = train(tiny_synth, tmp_path / "crd.pt", method="crd", model_config={"kind": "lowres", "width": 1.0, "factor": 2},
-                objective="distill", settings=TrainSettings.from_dict({**FAST, "iterations": 2}),
-                init=lr, teacher=tmp_path / "fst.pt", threads=2, progress=False)
+    out = train(
+        tiny_synth,
+        tmp_path / "crd.pt",
+        method="crd",
+        model_config={"kind": "lowres", "width": 1.0, "factor": 2},
+        objective="distill",
+        settings=TrainSettings.from_dict({**FAST, "iterations": 2}),
+        init=lr,
+        teacher=tmp_path / "fst.pt",
+        threads=2,
+        progress=False,
+    )
     history = read_checkpoint(out)["training"]["history"]
     assert {"flow_mse", "attention_mse"} <= set(history[-1])
 

@@ -76,7 +76,11 @@ class Backbone(nn.Module):
         self.decode1 = conv3(2 * c16, c16)
         self.flow = conv3(c16, 3)
         self.feature_channels = {
-            "decode_16x": c32, "decode_8x": c32, "decode_4x": c32, "decode_2x": c16, "decode_1x": c16,
+            "decode_16x": c32,
+            "decode_8x": c32,
+            "decode_4x": c32,
+            "decode_2x": c16,
+            "decode_1x": c16,
         }
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

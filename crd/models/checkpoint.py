@@ -77,7 +77,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file at all
-        raise CheckpointError(f"{path}: not a readable crd-bench checkpoint ({exc.__class__.__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{path}: not a readable crd-bench checkpoint ({exc.__class__.__name__}: {exc})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path}: not a crd-bench checkpoint (expected a dict with format={FORMAT!r}); "

@@ -45,9 +45,7 @@ def _warper(mode: str, padding_mode: str):
         return Warp(mode=mode, padding_mode=padding_mode)
 
 
-def warp(
-    moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros"
-) -> torch.Tensor:
+def warp(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Warp ``moving`` with the displacement ``flow``: ``warped(p) = moving(p + flow(p))``.
 
     Args:

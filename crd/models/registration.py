@@ -45,9 +45,7 @@ def _pair(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     check_volume(fixed, "fixed")
     check_volume(moving, "moving")
     if fixed.shape != moving.shape:
-        raise ValueError(
-            f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have the same shape"
-        )
+        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have the same shape")
     return torch.cat([fixed, moving], dim=1)
 
 
@@ -103,9 +101,7 @@ class LowResolutionNet(nn.Module):
         flow_lr = self.backbone(self._low_res_input(fixed, moving))
         return upsample_flow(flow_lr, fixed.shape[2:], align_corners=False)
 
-    def forward_with_maps(
-        self, fixed: torch.Tensor, moving: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Field and the attention maps of decode_1x, decode_2x, decode_4x, decode_8x of the
         low-resolution pass (grids 1/f, 1/(2f), 1/(4f), 1/(8f) of the input)."""
         feats = self.backbone.features(self._low_res_input(fixed, moving))
@@ -142,9 +138,7 @@ class FeatureShiftedTeacher(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.backbone.width}
 
-    def forward_with_maps(
-        self, fixed: torch.Tensor, moving: torch.Tensor
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Field ``(B, 3, D, H, W)`` and the attention maps of fuse2, fuse3, fuse4, fuse5 (grids
         1/2, 1/4, 1/8, 1/16 of the input: those of the x2 student's four maps)."""
         x = _pair(fixed, moving)

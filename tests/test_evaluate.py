@@ -1,0 +1,79 @@
+"""Evaluation on constructed pairs whose scores are known exactly."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crd.data.layout import dataset_info, write_dataset_json, write_nifti, write_pairs
+from crd.evaluate import TABLE_COLUMNS, evaluate
+from crd.models.checkpoint import save_checkpoint
+from crd.models.registration import FullResolutionNet
+
+SPACING = (2.0, 1.0, 1.5)
+SHIFT = 2  # voxels along axis 0
+
+
+@pytest.fixture()
+def cube_dataset(tmp_path):
+    """Subject a: two boxes (labels 1, 2); b: the same boxes moved SHIFT voxels along axis 0;
+    c: an exact copy of a."""
+    root = tmp_path / "cubes"
+    shape = (32, 32, 32)
+    for sid, offset in (("a", 0), ("b", SHIFT), ("c", 0)):
+        lab = np.zeros(shape, np.int16)
+        lab[8 + offset : 18 + offset, 6:16, 6:20] = 1  # 10 voxels thick along axis 0
+        lab[8 + offset : 18 + offset, 18:26, 6:20] = 2
+        write_nifti(root / "labels" / f"{sid}.nii.gz", lab, SPACING)
+        write_nifti(root / "images" / f"{sid}.nii.gz", (lab / 2.0).astype(np.float32), SPACING)
+    write_pairs(root, [("train", "a", "b"), ("val", "b", "a"), ("test", "a", "b"), ("test", "a", "c")])
+    write_dataset_json(
+        root, dataset_info(name="cubes", labels={1: "left", 2: "right", 3: "absent"}, spacing=SPACING, shape=shape)
+    )
+    return root
+
+
+def _values(table, metric, fixed="a", moving="b", label=None):
+    rows = table[(table.metric == metric) & (table.fixed == fixed) & (table.moving == moving)]
+    rows = rows[rows.label.isna()] if label is None else rows[rows.label == label]
+    return rows["value"].tolist()
+
+
+def test_identity_scores_the_pair_as_it_is(cube_dataset, tmp_path):
+    out = evaluate(
+        cube_dataset,
+        tmp_path / "eval" / "identity.csv",
+        method="identity",
+        model_config={"kind": "identity"},
+        device="cpu",
+        threads=1,
+        progress=False,
+    )
+    table = pd.read_csv(out)
+    assert list(table.columns) == TABLE_COLUMNS
+    assert set(table.dataset) == {"cubes"} and set(table.method) == {"identity"}
+    # boxes 10 voxels thick shifted by 2: overlap 8 of 10 -> Dice 0.8 for both labels
+    assert _values(table, "dice", label=1) == pytest.approx([0.8])
+    assert _values(table, "dice") == pytest.approx([0.8])
+    assert _values(table, "hd95_mm") == pytest.approx([SHIFT * SPACING[0]])
+    assert _values(table, "dice", "a", "c") == pytest.approx([1.0])
+    assert _values(table, "hd95_mm", "a", "c") == pytest.approx([0.0])
+    assert _values(table, "labels_missing") == [1]  # label 3 is in neither image: excluded, counted
+    assert _values(table, "fold_pct") == [0.0] and _values(table, "sdlogj") == [0.0]
+    assert len(_values(table, "time_s")) == 1 and _values(table, "peak_rss_mb")[0] >= 0
+    assert table[table.metric == "params"]["value"].tolist() == [0]
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["device"] == "cpu" and sidecar["n_pairs"] == 2 and sidecar["threads"] == 1
+    assert sidecar["example"]["fixed"] == "a" and sidecar["example"]["moving"] == "b"
+    assert (tmp_path / "eval" / "identity.example.nii.gz").is_file()
+
+
+def test_checkpoint_methods_are_rebuilt_from_the_file(cube_dataset, tmp_path):
+    ckpt = save_checkpoint(tmp_path / "hr.pt", FullResolutionNet(width=0.25), method="hr")
+    out = evaluate(cube_dataset, tmp_path / "hr.csv", method="hr", checkpoint=ckpt, device="cpu", progress=False)
+    table = pd.read_csv(out)
+    assert table[table.metric == "params"]["value"].item() == sum(
+        p.numel() for p in FullResolutionNet(width=0.25).parameters()
+    )
+    assert len(_values(table, "dice")) == 1 and 0 <= _values(table, "dice")[0] <= 1
