@@ -2,8 +2,9 @@
 
 Conventions (see DESIGN.md and docs/metrics.md):
 
-- A label map is an integer array ``(D, H, W)``; 0 is background by convention, but every function
-  scores exactly the labels it is given.
+- A label map is an integer array ``(D, H, W)`` (a float array of whole numbers, as a
+  nearest-neighbour warp returns, is accepted and cast); 0 is background by convention, but every
+  function scores exactly the labels it is given.
 - A displacement field ``u`` is a float array ``(3, D, H, W)`` in voxels, channels ordered as the
   array axes (D, H, W); it maps the fixed grid into the moving image:
   ``warped(p) = moving(p + u(p))``.
@@ -50,15 +51,19 @@ Spacing = Sequence[float]
 
 
 def _check_labels(x: np.ndarray, name: str) -> np.ndarray:
+    """A 3-D integer label map; floats holding whole numbers (nearest-neighbour warps) are cast."""
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"{name}: expected a 3-D (D, H, W) label map, got shape {x.shape}")
-    if not (np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_):
-        raise TypeError(
-            f"{name}: expected an integer label map, got dtype {x.dtype}; "
-            "cast it first, e.g. np.rint(x).astype(np.int32)"
-        )
-    return x
+    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+        return x
+    if np.issubdtype(x.dtype, np.floating):
+        if not np.array_equal(np.rint(x), x):  # also rejects NaN and inf
+            raise ValueError(f"{name}: expected integer labels, got non-integer values in a {x.dtype} array")
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        fits = np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max
+        return x.astype(np.int32 if fits else np.int64)
+    raise TypeError(f"{name}: expected an integer label map, got dtype {x.dtype}")
 
 
 def _check_same_shape(a: np.ndarray, b: np.ndarray, na: str, nb: str) -> None:
@@ -76,9 +81,7 @@ def _check_spacing(spacing: Spacing) -> tuple[float, float, float]:
 def _check_flow(flow: np.ndarray) -> np.ndarray:
     flow = np.asarray(flow)
     if flow.ndim != 4 or flow.shape[0] != 3:
-        raise ValueError(
-            f"flow: expected a (3, D, H, W) displacement field, got shape {flow.shape}"
-        )
+        raise ValueError(f"flow: expected a (3, D, H, W) displacement field, got shape {flow.shape}")
     if not np.issubdtype(flow.dtype, np.floating):
         flow = flow.astype(np.float64)
     return flow
@@ -106,9 +109,7 @@ def _label_counts(x: np.ndarray, labels: Sequence[int]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def dice_per_label(
-    fixed: np.ndarray, warped: np.ndarray, labels: Iterable[int]
-) -> dict[int, float]:
+def dice_per_label(fixed: np.ndarray, warped: np.ndarray, labels: Iterable[int]) -> dict[int, float]:
     """Dice overlap per label: ``2 |A n B| / (|A| + |B|)``, ``A = fixed == l``, ``B = warped == l``.
 
     Args:
@@ -181,25 +182,15 @@ def _surfel_normals() -> np.ndarray:
         for i, j in itertools.combinations(range(8), 2)
         if sum(abs(p - q) for p, q in zip(_CORNERS[i], _CORNERS[j], strict=True)) == 1
     ]
-    midpoint = np.array(
-        [[(p + q) / 2 for p, q in zip(_CORNERS[i], _CORNERS[j], strict=True)] for i, j in edges]
-    )
-    faces = [
-        [i for i, c in enumerate(_CORNERS) if c[axis] == side]
-        for axis in range(3)
-        for side in (0, 1)
-    ]
+    midpoint = np.array([[(p + q) / 2 for p, q in zip(_CORNERS[i], _CORNERS[j], strict=True)] for i, j in edges])
+    faces = [[i for i, c in enumerate(_CORNERS) if c[axis] == side] for axis in range(3) for side in (0, 1)]
     per_code: list[list[np.ndarray]] = [[] for _ in range(256)]
     for code in range(1, 255):
         inside = {i for i, c in enumerate(_CORNERS) if code & _corner_bit(c)}
         separated = inside if len(inside) <= 4 else set(range(8)) - inside
         segments: list[tuple[int, int]] = []
         for face in faces:
-            cut = [
-                e
-                for e, (i, j) in enumerate(edges)
-                if i in face and j in face and ((i in inside) != (j in inside))
-            ]
+            cut = [e for e, (i, j) in enumerate(edges) if i in face and j in face and ((i in inside) != (j in inside))]
             if len(cut) == 2:
                 segments.append((cut[0], cut[1]))
             elif len(cut) == 4:
@@ -226,10 +217,7 @@ def _surfel_normals() -> np.ndarray:
                 seen.add(cur)
             best, best_area = None, -1.0
             for tris in _triangulations(loop):
-                vecs = [
-                    np.cross(midpoint[b] - midpoint[a], midpoint[c] - midpoint[a]) / 2
-                    for a, b, c in tris
-                ]
+                vecs = [np.cross(midpoint[b] - midpoint[a], midpoint[c] - midpoint[a]) / 2 for a, b, c in tris]
                 area = float(sum(np.linalg.norm(v) for v in vecs))
                 if area > best_area + 1e-12:
                     best, best_area = vecs, area
@@ -310,14 +298,14 @@ class _Surface(NamedTuple):
     codes: np.ndarray  # (n,) uint8 neighbour codes, never 0 or 255
 
 
-def _absent_value(dtype: np.dtype, labels: Sequence[int]) -> int:
-    """A value of ``dtype`` that is not one of ``labels`` (used as outside-the-image padding)."""
+def _absent_value(dtype: np.dtype, labels: Sequence[int]) -> int | None:
+    """A value of ``dtype`` that is not one of ``labels`` (the outside-the-image padding)."""
     info = np.iinfo(dtype)
     taken = set(labels)
     for v in (info.min, info.max, *range(info.min + 1, info.min + len(taken) + 2)):
-        if v not in taken:
+        if v not in taken and info.min <= v <= info.max:
             return int(v)
-    raise AssertionError("unreachable: more candidates than labels")
+    return None
 
 
 def _label_surfaces(label_map: np.ndarray, labels: Sequence[int]) -> dict[int, _Surface]:
@@ -328,10 +316,14 @@ def _label_surfaces(label_map: np.ndarray, labels: Sequence[int]) -> dict[int, _
     does not grow with the number of labels times the image size.
     """
     x = label_map.view(np.uint8) if label_map.dtype == np.bool_ else label_map
+    info = np.iinfo(x.dtype)
     wanted = np.unique(np.asarray(labels, dtype=np.int64))
-    if wanted.size and (wanted[0] < np.iinfo(x.dtype).min or wanted[-1] > np.iinfo(x.dtype).max):
-        wanted = wanted[(wanted >= np.iinfo(x.dtype).min) & (wanted <= np.iinfo(x.dtype).max)]
-    p = np.pad(x, 1, constant_values=_absent_value(x.dtype, wanted.tolist()))
+    wanted = wanted[(wanted >= info.min) & (wanted <= info.max)]  # others cannot occur in x
+    pad = _absent_value(x.dtype, wanted.tolist())
+    if pad is None:  # every value of a small dtype is a wanted label: widen it
+        x = x.astype(np.int64)
+        pad = _absent_value(x.dtype, wanted.tolist())
+    p = np.pad(x, 1, constant_values=pad)
     grid = tuple(n + 1 for n in x.shape)
     views = [p[a : a + grid[0], b : b + grid[1], c : c + grid[2]] for a, b, c in _CORNERS]
     mixed = views[0] != views[1]
@@ -434,7 +426,8 @@ def _directed_percentile(dist: np.ndarray, area: np.ndarray, percent: float) -> 
     if dist.size == 0:
         return math.inf
     order = np.lexsort((area, dist))
-    cum = np.cumsum(area[order]) / np.sum(area)
+    sorted_area = area[order]
+    cum = np.cumsum(sorted_area) / np.sum(sorted_area)
     idx = int(np.searchsorted(cum, percent / 100.0))
     return float(dist[order[min(idx, dist.size - 1)]])
 
@@ -675,11 +668,7 @@ def score_pair(
     in_moving = _label_counts(moving_labels, labels) > 0
     in_warped = _label_counts(warped_labels, labels) > 0
     present = [lab for lab, f, m in zip(labels, in_fixed, in_moving, strict=True) if f and m]
-    vanished = {
-        lab
-        for lab, f, m, w in zip(labels, in_fixed, in_moving, in_warped, strict=True)
-        if f and m and not w
-    }
+    vanished = {lab for lab, f, m, w in zip(labels, in_fixed, in_moving, in_warped, strict=True) if f and m and not w}
     penalty = math.sqrt(sum((n * s) ** 2 for n, s in zip(fixed_labels.shape, spacing, strict=True)))
 
     dice = dice_per_label(fixed_labels, warped_labels, present)
@@ -695,9 +684,7 @@ def score_pair(
     for lab in labels:
         rows.append({"metric": "hd95_mm", "label": lab, "value": hd.get(lab, nan)})
     rows.append({"metric": "hd95_mm", "label": None, "value": _nanmean([hd[v] for v in present])})
-    rows.append(
-        {"metric": "labels_missing", "label": None, "value": float(len(labels) - len(present))}
-    )
+    rows.append({"metric": "labels_missing", "label": None, "value": float(len(labels) - len(present))})
     rows.append({"metric": "labels_vanished", "label": None, "value": float(len(vanished))})
     if flow is not None:
         jac = jacobian_determinant(flow)
