@@ -59,7 +59,7 @@ def test_splits_and_pairs(synth_dir: Path):
     assert ds.subjects("test") == ids[5:]
     assert len(ds.pairs_for("train")) == 3 * 2  # all ordered pairs of distinct subjects
     assert ds.pairs_for("val") == [(ids[3], ids[4])]
-    assert ds.pairs_for("test") == [(ids[5], ids[6]), (ids[6], ids[7]), (ids[7], ids[5])]
+    assert ds.pairs_for("test") == [(f, m) for f in ids[5:8] for m in ids[5:8] if f != m]
     in_train = {s for pair in ds.pairs_for("train") for s in pair}
     assert not in_train & set(ds.subjects("test"))
     assert not in_train & set(ds.subjects("val"))
@@ -67,7 +67,7 @@ def test_splits_and_pairs(synth_dir: Path):
 
 def test_synth_pairs_small_splits():
     rows = synth_pairs(["a", "b", "c", "d"], n_val=0, n_test=2)
-    assert rows == [("train", "a", "b"), ("train", "b", "a"), ("test", "c", "d")]
+    assert rows == [("train", "a", "b"), ("train", "b", "a"), ("test", "c", "d"), ("test", "d", "c")]
 
 
 def test_labels_present_with_volume_in_every_subject(synth_dir: Path):

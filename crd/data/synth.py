@@ -139,19 +139,20 @@ def make_template(
 def synth_pairs(subjects: Sequence[str], n_val: int, n_test: int) -> list[tuple[str, str, str]]:
     """The ``(split, fixed, moving)`` rows for subjects split train / val / test in order.
 
-    Train: every ordered pair of distinct train subjects. Val and test: consecutive pairs
-    ``(s[i], s[i+1])`` within the split, wrapping around (2 subjects give one pair).
+    Train and test: every ordered pair of distinct subjects of the split (4 test subjects give
+    12 test pairs: more pairs, steadier means). Val: consecutive pairs ``(s[i], s[i+1])``,
+    wrapping around (2 subjects give one pair), to keep validation during training cheap.
     """
     n_train = len(subjects) - n_val - n_test
     train = list(subjects[:n_train])
     val = list(subjects[n_train : n_train + n_val])
     test = list(subjects[n_train + n_val :])
     rows = [("train", f, m) for f in train for m in train if f != m]
-    for split, ids in (("val", val), ("test", test)):
-        if len(ids) == 2:
-            rows.append((split, ids[0], ids[1]))
-        elif len(ids) > 2:
-            rows.extend((split, ids[i], ids[(i + 1) % len(ids)]) for i in range(len(ids)))
+    if len(val) == 2:
+        rows.append(("val", val[0], val[1]))
+    elif len(val) > 2:
+        rows.extend(("val", val[i], val[(i + 1) % len(val)]) for i in range(len(val)))
+    rows.extend(("test", f, m) for f in test for m in test if f != m)
     return rows
 
 
@@ -317,8 +318,9 @@ def generate_synth(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
 
-    Pairs (``pairs.csv``): train = every ordered pair of distinct training subjects; val and
-    test = consecutive pairs within the split, wrapping around; no test subject is in a train pair.
+    Pairs (``pairs.csv``): train = every ordered pair of distinct training subjects; test = every
+    ordered pair of distinct test subjects; val = consecutive pairs of the validation subjects;
+    no test or validation subject is in a train pair.
     """
     from tqdm.auto import tqdm
 
