@@ -148,6 +148,29 @@ def _cmd_methods(args: argparse.Namespace) -> None:
         print(f"{name:10s} {spec.training or 'no training':12s} {first}{needs}")
 
 
+def _cmd_import_official(args: argparse.Namespace) -> None:
+    from crd.models.official import import_official
+
+    print(import_official(Path(args.src), Path(args.dst), args.kind))
+
+
+def _cmd_register(args: argparse.Namespace) -> None:
+    from crd.register import register
+
+    result = register(
+        Path(args.checkpoint),
+        Path(args.fixed),
+        Path(args.moving),
+        Path(args.out_warped),
+        out_flow=Path(args.out_flow) if args.out_flow else None,
+        moving_labels=Path(args.moving_labels) if args.moving_labels else None,
+        out_warped_labels=Path(args.out_warped_labels) if args.out_warped_labels else None,
+        device=args.device,
+        threads=args.threads,
+    )
+    print(result.summary())
+
+
 def _add_common(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
     if threads:
@@ -245,6 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baseline", default="hr", help="method the ratios are relative to (default hr)")
     r.add_argument("--title", default="crd-bench report", help="report title")
     r.set_defaults(func=_cmd_report)
+
+    o = sub.add_parser("import-official", help="convert the CRD authors' released weights into a checkpoint")
+    o.add_argument("src", help="the authors' state dict (.pth from BlaiseBrain/CRD_registration ckpt/)")
+    o.add_argument("dst", help="crd-bench checkpoint to write")
+    o.add_argument(
+        "--kind", required=True, choices=["lr", "fst"], help="lr: naive low-resolution model; fst: the teacher"
+    )
+    o.set_defaults(func=_cmd_import_official)
+
+    rg = sub.add_parser("register", help="register a moving image to a fixed image with a checkpoint")
+    rg.add_argument("--checkpoint", required=True, help="crd-bench checkpoint (crd train or crd import-official)")
+    rg.add_argument("--fixed", required=True, help="fixed image (NIfTI or any format nibabel reads)")
+    rg.add_argument("--moving", required=True, help="moving image, on the fixed image's grid")
+    rg.add_argument("--out-warped", required=True, help="warped moving image to write (.nii or .nii.gz)")
+    rg.add_argument("--out-flow", help="displacement field to write: (D, H, W, 3) voxels, channels D,H,W")
+    rg.add_argument("--moving-labels", help="label map of the moving image (warped with nearest neighbour)")
+    rg.add_argument("--out-warped-labels", help="warped label map to write (with --moving-labels)")
+    rg.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+    rg.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    rg.set_defaults(func=_cmd_register)
 
     m = sub.add_parser("methods", help="list the method plugins")
     m.add_argument("--folder", default="baselines", help="plugin folder (default baselines)")

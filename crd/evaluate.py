@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from crd.data.layout import open_dataset, write_nifti
+from crd.data.layout import open_dataset, write_nifti, write_text_atomic
 from crd.metrics import score_pair
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
@@ -42,14 +40,6 @@ __all__ = ["evaluate", "TABLE_COLUMNS"]
 log = logging.getLogger("crd.evaluate")
 
 TABLE_COLUMNS = ["dataset", "method", "fixed", "moving", "metric", "label", "value"]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def evaluate(
@@ -155,8 +145,8 @@ def evaluate(
         **device_description(dev),
         "example": example,
     }
-    _atomic_write_text(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
-    _atomic_write_text(out, table.to_csv(index=False))
+    write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+    write_text_atomic(out, table.to_csv(index=False))
     dice = table[(table.metric == "dice") & table.label.isna()]["value"]
     times = table[table.metric == "time_s"]["value"]
     log.info(

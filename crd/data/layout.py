@@ -381,7 +381,8 @@ def write_nifti(
     return path
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     fd, tmp = _atomic_target(path, ".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
@@ -399,7 +400,7 @@ def write_dataset_json(root: str | os.PathLike[str], info: Mapping[str, Any]) ->
     if missing:
         raise ValueError(f"dataset.json: missing key(s) {', '.join(missing)}")
     text = json.dumps(dict(info), indent=2, sort_keys=True) + "\n"
-    return _write_text_atomic(Path(root) / "dataset.json", text)
+    return write_text_atomic(Path(root) / "dataset.json", text)
 
 
 def write_pairs(
@@ -415,7 +416,7 @@ def write_pairs(
     if bad:
         raise ValueError(f"pairs.csv: unknown split(s) {bad}; expected one of {', '.join(SPLITS)}")
     text = pairs.loc[:, list(PAIR_COLUMNS)].to_csv(index=False, lineterminator="\n")
-    return _write_text_atomic(Path(root) / "pairs.csv", text)
+    return write_text_atomic(Path(root) / "pairs.csv", text)
 
 
 def dataset_info(

@@ -83,6 +83,15 @@ class Backbone(nn.Module):
             "decode_1x": c16,
         }
 
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (2 ** number of stride-2 encoder convs: 16) to
+        keep every skip connection aligned."""
+        multiple = 1
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+            multiple *= conv.stride[0]
+        return multiple
+
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Decoder features of ``x`` (``(B, 2, D, H, W)``), keyed by :data:`FEATURE_NAMES`."""
         e1 = leaky(self.conv1(x))

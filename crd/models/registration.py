@@ -63,6 +63,11 @@ class FullResolutionNet(nn.Module):
         """Constructor arguments; ``build_model(model.config)`` rebuilds the architecture."""
         return {"kind": self.kind, "width": self.backbone.width}
 
+    @property
+    def size_multiple(self) -> int:
+        """Input sides should be multiples of this (16): the backbone's."""
+        return self.backbone.size_multiple
+
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """``(B, 3, D, H, W)`` field in full-resolution voxels."""
         return self.backbone(_pair(fixed, moving))
@@ -92,6 +97,11 @@ class LowResolutionNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.backbone.width, "factor": self.factor}
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides should be multiples of this: ``factor`` times the backbone's (32 at x2)."""
+        return self.factor * self.backbone.size_multiple
 
     def _low_res_input(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         return downsample(_pair(fixed, moving), self.factor, align_corners=False)
@@ -138,6 +148,11 @@ class FeatureShiftedTeacher(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.backbone.width}
 
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (32): the backbone's, on the x2 LR path."""
+        return 2 * self.backbone.size_multiple
+
     def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Field ``(B, 3, D, H, W)`` and the attention maps of fuse2, fuse3, fuse4, fuse5 (grids
         1/2, 1/4, 1/8, 1/16 of the input: those of the x2 student's four maps)."""
@@ -172,6 +187,9 @@ class IdentityNet(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    #: any input size works
+    size_multiple = 1
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         x = _pair(fixed, moving)
