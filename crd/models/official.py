@@ -144,18 +144,36 @@ def _short(keys: list[str] | set[str], limit: int = 6) -> str:
     return text + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
+def _released_names() -> str:
+    return ", ".join(Path(r.upstream_file).name for r in RELEASES.values())
+
+
 def _load(src: Path) -> Any:
+    """``torch.load`` with the weights-only unpickler (the released files are plain state dicts,
+    so no code from the file ever runs); every failure becomes a :class:`CheckpointError`."""
     if not src.is_file():
         raise CheckpointError(f"{src}: file not found")
-    try:
-        # the released files are plain state dicts: the weights-only unpickler reads them and runs
-        # no code from the file
-        return torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, text file, pickle holding other objects, ...
+    with open(src, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         raise CheckpointError(
-            f"{src}: cannot be read as a PyTorch state dict ({exc.__class__.__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); expected one of the CRD authors' released "
-            f"files ({', '.join(Path(r.upstream_file).name for r in RELEASES.values())})"
+            f"{src}: not a PyTorch file (it starts with {head!r}, neither a torch zip archive nor a pickle); "
+            f"expected one of the CRD authors' released state dicts ({_released_names()})"
+        )
+    try:
+        return torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated archive or pickle, pickle holding other objects, ...
+        text = str(exc)
+        reason = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), None)
+        if reason is not None:
+            raise CheckpointError(
+                f"{src}: holds Python objects other than tensors ({reason.split('. ')[0]}); expected a plain "
+                f"state dict (parameter name -> tensor) as the CRD authors released ({_released_names()})"
+            ) from None
+        detail = text.splitlines()[0].split(". ")[0] if text else "unexpected end of file"
+        raise CheckpointError(
+            f"{src}: cannot be read as a PyTorch file, truncated or damaged ({exc.__class__.__name__}: {detail}); "
+            f"expected one of the CRD authors' released state dicts ({_released_names()})"
         ) from None
 
 

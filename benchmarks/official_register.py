@@ -1,0 +1,278 @@
+"""Register a real 160x192x224 brain pair on the CPU with the CRD authors' two imported checkpoints.
+
+There is no OASIS here, so the pair is built from the MNI152 2009c symmetric template at 1 mm that
+nilearn ships inside its package (T1 and grey/white matter probability maps; no download):
+
+- fixed: the skull-stripped T1 template, intensities scaled to [0, 1];
+- fixed labels: 1 CSF, 2 grey matter, 3 white matter: the arg-max of (CSF, GM, WM) where it is at
+  least 0.5 inside the brain mask, else 0. nilearn packages no CSF map, so CSF = 1 - GM - WM
+  inside the brain mask (template > 0);
+- moving: the same brain warped by a known smooth random field drawn on the template's grid (cubic
+  B-spline, ``crd.deform.random_bspline_displacement``, 6x6x6 control points, components up to
+  ``--max-displacement`` voxels, seed ``--seed``); moving labels warped with nearest neighbour;
+- all four then reoriented to ``--orientation`` (default LIA, see below) by permuting and flipping
+  axes (no resampling) and cut to 160x192x224 voxels of 1 mm around the brain.
+
+Then, as a user would, in subprocesses: ``crd import-official`` for ``lr`` and ``fst``, and
+``crd register`` (CPU) for each, and prints the Dice per tissue before and after registration,
+the folding of each field, and what ``crd register`` printed (time and peak memory). Two settings:
+
+1. the images in [0, 1], normalised as the imported checkpoints record (min-max per image);
+2. OASIS-like intensities: both images scaled so that the template's white matter (median 222 of
+   255, near its maximum) sits at 110/255, where FreeSurfer's ``norm.mgz`` puts it, and registered
+   with ``--normalisation none``. After min-max the template's white matter is about twice as
+   bright as the networks saw in training, and the networks notice (see the numbers).
+
+Orientation. OASIS ``aligned_norm`` (neurite-oasis) comes from FreeSurfer's ``norm.mgz``, whose
+voxel axes are FreeSurfer's conformed LIA (i: right -> left, j: superior -> inferior,
+k: posterior -> anterior), cropped to 160x192x224; the three sides fit the brain's left-right,
+superior-inferior and anterior-posterior extents in that order. LIA is the default here for that
+reason, not because it scored best. ``--explore`` registers the same pair in 16 candidate
+orientations (all axis flips of the axis orders L-R, S-I, A-P and L-R, A-P, S-I) with the ``lr``
+model, in-process, in both settings, and prints the Dice after each: a check of how much the
+network cares, kept out of the headline numbers (choosing the orientation by the test pair's Dice
+would flatter them).
+
+Install the template once (nilearn is NOT a crd-bench dependency; only its data files are read,
+nilearn itself is never imported, and ``--no-deps`` leaves the packages crd-bench pins alone)::
+
+    pip install --no-deps nilearn
+
+Run (about two minutes on 2 cores; ``--explore`` adds about five)::
+
+    python benchmarks/official_register.py --official ../shared/crd-official --work /tmp/crd-official-bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from crd.deform import random_bspline_displacement
+from crd.metrics import dice_per_label, folding, jacobian_determinant
+from crd.models.functional import warp
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (160, 192, 224)
+TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
+FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}
+TEMPLATE = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+
+
+def template_folder() -> Path:
+    """nilearn's packaged data folder, found without importing nilearn."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the MNI152 template comes with nilearn: pip install --no-deps nilearn")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    missing = [name for name in TEMPLATE.values() if not (folder / name).is_file()]
+    if missing:
+        sys.exit(f"{folder} lacks {', '.join(missing)}: this nilearn does not package the 1 mm MNI152 template")
+    return folder
+
+
+def reorient(array: np.ndarray, affine: np.ndarray, codes: str) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip voxel axes so that they point along ``codes`` (e.g. "LIA"); no resampling."""
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(tuple(codes)))
+    return apply_orientation(array, transform), affine @ inv_ornt_aff(transform, array.shape)
+
+
+def crop_or_pad(arrays: list[np.ndarray], affine: np.ndarray, mask: np.ndarray, shape=SHAPE):
+    """Cut ``shape`` voxels centred on ``mask``'s bounding box out of each array (zeros outside)."""
+    nz = np.argwhere(mask)
+    centre = (nz.min(0) + nz.max(0)) / 2.0
+    start = np.round(centre - (np.asarray(shape) - 1) / 2.0).astype(int)
+    out = []
+    for a in arrays:
+        b = np.zeros(shape, a.dtype)
+        src = tuple(slice(max(s, 0), min(s + n, m)) for s, n, m in zip(start, shape, a.shape, strict=True))
+        dst = tuple(slice(x.start - s, x.stop - s) for x, s in zip(src, start, strict=True))
+        b[dst] = a[src]
+        out.append(b)
+    shift = np.eye(4)
+    shift[:3, 3] = start
+    return out, affine @ shift
+
+
+def template_pair(folder: Path, seed: int, max_displacement: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fixed and moving images and labels on the template's own grid (197x233x189, RAS, 1 mm).
+
+    The known deformation is drawn on this grid, so that every orientation tried later holds the
+    same pair, voxel for voxel, only with its axes permuted and flipped.
+    """
+    t1_img = nib.load(str(folder / TEMPLATE["t1"]))
+    t1 = t1_img.get_fdata(dtype=np.float32)
+    gm = nib.load(str(folder / TEMPLATE["gm"])).get_fdata(dtype=np.float32) / 255.0
+    wm = nib.load(str(folder / TEMPLATE["wm"])).get_fdata(dtype=np.float32) / 255.0
+    brain = t1 > 0
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0) * brain
+    probs = np.stack([csf, gm, wm])
+    labels = (probs.argmax(0) + 1).astype(np.uint8)
+    labels[(probs.max(0) < 0.5) | ~brain] = 0
+    fixed = (t1 - t1.min()) / (t1.max() - t1.min())
+
+    g = torch.Generator().manual_seed(seed)
+    field = random_bspline_displacement(
+        fixed.shape, n_control=6, max_displacement=max_displacement, power=1.0, generator=g
+    )
+    moving = warp(torch.from_numpy(fixed)[None, None], field)[0, 0].numpy()
+    moving_labels = warp(torch.from_numpy(labels)[None, None], field, mode="nearest")[0, 0].numpy()
+    inside = torch.from_numpy(brain)[None].expand(3, *brain.shape)
+    print(
+        f"pair: MNI152 2009c sym 1 mm; moving = fixed warped by a cubic B-spline field (seed {seed}): "
+        f"in the brain max |component| {field[0][inside].abs().max():.2f} voxels, "
+        f"mean |u| {field[0].norm(dim=0)[inside[0]].mean():.2f} voxels"
+    )
+    arrays = {"fixed": fixed, "moving": moving, "fixed_labels": labels, "moving_labels": moving_labels.astype(np.uint8)}
+    return arrays, t1_img.affine
+
+
+def write_pair(arrays: dict[str, np.ndarray], affine: np.ndarray, orientation: str, work: Path) -> dict[str, Path]:
+    """Reorient the pair to ``orientation``, cut 160x192x224 around the fixed brain, write NIfTI."""
+    oriented = {}
+    for name, a in arrays.items():
+        oriented[name], new_affine = reorient(a, affine, orientation)
+    names = list(oriented)
+    cut, new_affine = crop_or_pad([oriented[n] for n in names], new_affine, oriented["fixed_labels"] > 0)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, array in zip(names, cut, strict=True):
+        img = nib.Nifti1Image(array, new_affine)
+        img.set_qform(new_affine, code=1)
+        img.set_sform(new_affine, code=1)
+        paths[name] = work / f"{name}.nii.gz"
+        nib.save(img, str(paths[name]))
+    return paths
+
+
+def dice_row(fixed_labels: np.ndarray, labels: np.ndarray) -> list[float]:
+    d = dice_per_label(fixed_labels, labels, list(TISSUES))
+    values = [d[k] for k in TISSUES]
+    return values + [float(np.mean(values))]
+
+
+def crd_command() -> list[str]:
+    exe = shutil.which("crd")
+    return [exe] if exe else [sys.executable, "-m", "crd"]
+
+
+def run(argv: list[str]) -> str:
+    print("$ " + " ".join(["crd", *argv[len(crd_command()) :]]), flush=True)
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"failed ({done.returncode}):\n{done.stderr}")
+    print(done.stdout.rstrip(), flush=True)
+    return done.stdout
+
+
+def explore(arrays: dict[str, np.ndarray], affine: np.ndarray, scale: float, args: argparse.Namespace) -> None:
+    """Dice after ``lr`` registration of the same pair in 16 orientations, both settings (in-process)."""
+    from crd.models.official import import_official
+    from crd.register import register
+
+    ckpt = import_official(args.official / FILES["lr"], args.work / "explore_lr.pt", "lr")
+    candidates = [a + b + c for a in "LR" for b in "IS" for c in "AP"] + [
+        a + b + c for a in "LR" for b in "AP" for c in "IS"
+    ]
+    oasis_like = {**arrays, "fixed": arrays["fixed"] * scale, "moving": arrays["moving"] * scale}
+    print("mean Dice (CSF, GM, WM) after lr-official, same pair in 16 orientations")
+    print("orientation  before   1. min-max  2. OASIS-like")
+    for codes in candidates:
+        after = []
+        for pair, normalisation in ((arrays, None), (oasis_like, "none")):
+            out = args.work / f"explore_{codes}"
+            p = write_pair(pair, affine, codes, out)
+            fixed_labels = np.asanyarray(nib.load(str(p["fixed_labels"])).dataobj)
+            before = dice_row(fixed_labels, np.asanyarray(nib.load(str(p["moving_labels"])).dataobj))[-1]
+            register(ckpt, p["fixed"], p["moving"], out / "warped.nii.gz", moving_labels=p["moving_labels"],
+                     out_warped_labels=out / "warped_labels.nii.gz", device="cpu", threads=args.threads,
+                     normalisation=normalisation)  # fmt: skip
+            after.append(dice_row(fixed_labels, np.asanyarray(nib.load(str(out / "warped_labels.nii.gz")).dataobj))[-1])
+        print(f"{codes:11s}  {before:.4f}   {after[0]:.4f}      {after[1]:.4f}", flush=True)
+
+
+def register_both(paths: dict[str, Path], work: Path, args: argparse.Namespace, extra: list[str]) -> None:
+    """``crd import-official`` + ``crd register`` for lr and fst on one pair; print Dice and folding."""
+    fixed_labels = np.asanyarray(nib.load(str(paths["fixed_labels"])).dataobj)
+    rows = {"before": dice_row(fixed_labels, np.asanyarray(nib.load(str(paths["moving_labels"])).dataobj))}
+    folds = {}
+    crd = crd_command()
+    for kind in ("lr", "fst"):
+        ckpt = args.work / f"{kind}-official.pt"
+        if not ckpt.is_file():
+            run([*crd, "import-official", str(args.official / FILES[kind]), str(ckpt), "--kind", kind])
+        out = {k: work / f"{kind}_{k}.nii.gz" for k in ("warped", "flow", "warped_labels")}
+        run([
+            *crd, "register", "--checkpoint", str(ckpt), "--fixed", str(paths["fixed"]),
+            "--moving", str(paths["moving"]), "--out-warped", str(out["warped"]), "--out-flow", str(out["flow"]),
+            "--moving-labels", str(paths["moving_labels"]), "--out-warped-labels", str(out["warped_labels"]),
+            "--device", "cpu", "--threads", str(args.threads), *extra,
+        ])  # fmt: skip
+        rows[f"{kind}-official"] = dice_row(fixed_labels, np.asanyarray(nib.load(str(out["warped_labels"])).dataobj))
+        flow = nib.load(str(out["flow"])).get_fdata(dtype=np.float32)
+        folds[kind] = folding(jacobian_determinant(np.moveaxis(flow, -1, 0)))
+    print(f"\nDice, {'x'.join(map(str, SHAPE))} pair in {args.orientation}, labels {TISSUES}")
+    print(f"{'':14s}" + "".join(f"{name:>8s}" for name in [*TISSUES.values(), "mean"]))
+    for name, values in rows.items():
+        print(f"{name:14s}" + "".join(f"{v:8.4f}" for v in values))
+    for kind, f in folds.items():
+        print(f"{kind}-official folding: " + ", ".join(f"{k} {v:.4g}" for k, v in f.items()))
+    print(flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, default=REPO.parent / "shared" / "crd-official",
+                        help="folder with the authors' released .pth files")  # fmt: skip
+    parser.add_argument("--work", type=Path, default=Path("/tmp/crd-official-bench"), help="where files are written")
+    parser.add_argument("--orientation", default="LIA", help="voxel axis codes of the pair (default LIA, as OASIS)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the known deformation")
+    parser.add_argument("--max-displacement", type=float, default=10.0, help="largest control displacement, voxels")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for crd register")
+    parser.add_argument("--explore", action="store_true", help="also try 16 orientations with the lr model")
+    args = parser.parse_args()
+    missing = [f for f in FILES.values() if not (args.official / f).is_file()]
+    if missing:
+        sys.exit(
+            f"{args.official} lacks {', '.join(missing)} (the authors' weights, BlaiseBrain/CRD_registration ckpt/)"
+        )
+
+    start = time.perf_counter()
+    arrays, affine = template_pair(template_folder(), args.seed, args.max_displacement)
+
+    print("\n== 1. images in [0, 1], normalised as the checkpoints record (min-max per image)")
+    register_both(write_pair(arrays, affine, args.orientation, args.work), args.work, args, [])
+
+    # FreeSurfer's norm.mgz puts white matter at 110 on a 0-255 scale; the template's is near its
+    # maximum (median 222 of 255), so after min-max it is twice as bright as in OASIS aligned_norm
+    wm = float(np.median(arrays["fixed"][arrays["fixed_labels"] == 3]))
+    scale = (110.0 / 255.0) / wm
+    oasis_like = {**arrays, "fixed": arrays["fixed"] * scale, "moving": arrays["moving"] * scale}
+    print(
+        f"== 2. OASIS-like intensities: both images times {scale:.3f}, so that white matter is at 110/255 as in "
+        "FreeSurfer's norm.mgz / 255; crd register --normalisation none"
+    )
+    register_both(write_pair(oasis_like, affine, args.orientation, args.work / "oasis_like"),
+                  args.work / "oasis_like", args, ["--normalisation", "none"])  # fmt: skip
+    print(f"total wall time {time.perf_counter() - start:.1f} s")
+    if args.explore:
+        print()
+        explore(arrays, affine, scale, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,385 @@
+"""Register one pair of images with any crd-bench checkpoint (``crd register``).
+
+    crd register --checkpoint lr.pt --fixed F.nii.gz --moving M.nii.gz --out-warped W.nii.gz \\
+        [--out-flow U.nii.gz] [--moving-labels L.nii.gz --out-warped-labels WL.nii.gz] \\
+        [--device auto|cpu|cuda] [--threads N] [--normalisation minmax|none]
+
+Steps: read the images with nibabel (any format it reads); check that fixed and moving share one
+voxel grid (same shape, affines equal within :data:`GRID_ATOL_MM`), since the networks register
+voxel arrays and do not resample; normalise intensities as the checkpoint's ``input`` entry says
+(or as ``--normalisation`` overrides it); zero-pad every side symmetrically to the model's
+``size_multiple`` (16 for the full-resolution backbone, 32 for the x2 low-resolution model and the
+teacher) and crop the field back; warp the moving image (its own intensities, trilinear) and
+labels (nearest neighbour); write the outputs atomically as NIfTI with the fixed image's affine
+and header.
+
+The displacement field ``u`` is written as a ``(D, H, W, 3)`` float32 NIfTI volume in crd-bench's
+convention: voxels of the fixed grid, channel ``c`` along array axis ``c`` (D, H, W = the file's
+i, j, k axes), ``warped(p) = moving(p + u(p))`` with voxel centres at integer coordinates.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from crd.data.layout import default_mode
+from crd.errors import CheckpointError, CrdError
+from crd.models.checkpoint import load_model
+from crd.models.functional import warp
+from crd.profiling import measure
+from crd.runtime import configure_threads, select_device
+
+__all__ = [
+    "GRID_ATOL_MM",
+    "NORMALISATIONS",
+    "InputImageError",
+    "RegistrationResult",
+    "read_volume",
+    "check_same_grid",
+    "normalise_intensity",
+    "pad_to_multiple",
+    "predict_flow",
+    "write_volume",
+    "register",
+]
+
+#: largest difference (mm) between two affines' entries for the images to share a grid
+GRID_ATOL_MM = 1e-3
+
+#: intensity normalisations a checkpoint's ``input`` entry (or ``--normalisation``) can ask for
+NORMALISATIONS = ("minmax", "none")
+
+_SUFFIXES = (".nii.gz", ".nii")
+
+
+class InputImageError(CrdError, ValueError):
+    """An input image cannot be used as it is (unreadable, not 3-D, not on the expected grid)."""
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`register` did: outputs written, sizes, time (s), peak memory (MB) and the mean
+    length of the displacement (voxels)."""
+
+    warped: Path
+    flow: Path | None
+    warped_labels: Path | None
+    method: str
+    normalisation: str
+    shape: tuple[int, int, int]
+    padded_shape: tuple[int, int, int]
+    device: str
+    seconds: float
+    field_seconds: float = float("nan")
+    peak_rss_mb: float | None = None
+    cuda_alloc_peak_mb: float | None = None
+    nvml_peak_mb: float | None = None
+    mean_displacement: float = float("nan")
+    outputs: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        memory = [f"peak RSS +{self.peak_rss_mb:.0f} MB"] if self.peak_rss_mb is not None else []
+        if self.cuda_alloc_peak_mb is not None:
+            memory.append(f"CUDA allocator peak {self.cuda_alloc_peak_mb:.0f} MB")
+        if self.nvml_peak_mb is not None:
+            memory.append(f"NVML process peak {self.nvml_peak_mb:.0f} MB")
+        shape = "x".join(map(str, self.shape))
+        padded = "" if self.padded_shape == self.shape else f" (padded to {'x'.join(map(str, self.padded_shape))})"
+        lines = [
+            f"registered {shape}{padded} with {self.method} on {self.device} (normalisation {self.normalisation}): "
+            f"{self.seconds:.2f} s "
+            f"(field {self.field_seconds:.2f} s, then warps), {', '.join(memory)}",
+            f"mean |u| = {self.mean_displacement:.3f} voxels (length of the displacement, over the fixed grid)",
+        ]
+        lines += [f"wrote {p}" for p in self.outputs]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# reading and checking
+# --------------------------------------------------------------------------------------------
+
+
+def read_volume(path: Path, name: str) -> nib.spatialimages.SpatialImage:
+    """Load a 3-D image with nibabel (trailing axes of length 1 are dropped).
+
+    Raises :class:`InputImageError` naming ``name`` and ``path`` if the file is missing,
+    unreadable, or not a 3-D volume.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{name} {path}: file not found")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several types for unknown or corrupt files
+        raise InputImageError(f"{name} {path}: cannot be read by nibabel ({exc})") from None
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise InputImageError(f"{name} {path}: expected a 3-D volume, got shape {tuple(img.shape)}")
+    if shape != tuple(img.shape):
+        img = img.__class__(np.asanyarray(img.dataobj).reshape(shape), img.affine, img.header)
+    return img
+
+
+def check_same_grid(
+    a: nib.spatialimages.SpatialImage,
+    b: nib.spatialimages.SpatialImage,
+    names: tuple[str, str],
+    atol: float = GRID_ATOL_MM,
+) -> None:
+    """Raise :class:`InputImageError` unless ``a`` and ``b`` have the same shape and affine."""
+    what = f"{names[0]} and {names[1]} must share one voxel grid (resample them to the same grid first)"
+    if tuple(a.shape) != tuple(b.shape):
+        raise InputImageError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+    diff = float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max())
+    if not diff <= atol:
+        raise InputImageError(
+            f"{what}: their affines differ by up to {diff:.4g} mm (tolerance {atol} mm); {names[0]} affine "
+            f"{np.round(a.affine, 4).tolist()}, {names[1]} affine {np.round(b.affine, 4).tolist()}"
+        )
+
+
+def _image_array(img: nib.spatialimages.SpatialImage) -> np.ndarray:
+    data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+    return np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _label_array(img: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
+    data = np.asanyarray(img.dataobj)
+    if np.issubdtype(data.dtype, np.integer):
+        return data
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise InputImageError(f"moving labels {path}: the label map holds non-integer values")
+    if rounded.size and np.abs(rounded).max() >= 2**24:
+        raise InputImageError(f"moving labels {path}: label values must be below 2**24")
+    return rounded.astype(np.int32)
+
+
+def normalise_intensity(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Scale ``image`` as the checkpoint's ``input`` entry says; returns float32.
+
+    ``spec["normalisation"]``: ``"minmax"`` maps [min, max] to [0, 1] (a constant image becomes
+    0); ``"none"`` keeps the values. Checkpoints without the key (``crd train``'s, trained on
+    dataset images scaled to [0, 1]) get ``"minmax"``.
+    """
+    mode = spec.get("normalisation", "minmax")
+    image = np.asarray(image, dtype=np.float32)
+    if mode == "none":
+        return image
+    if mode == "minmax":
+        lo, hi = float(image.min()), float(image.max())
+        if hi <= lo:
+            return np.zeros_like(image)
+        return (image - lo) / (hi - lo)
+    raise CheckpointError(f"the checkpoint's input normalisation {mode!r} is unknown: expected 'minmax' or 'none'")
+
+
+# --------------------------------------------------------------------------------------------
+# the field
+# --------------------------------------------------------------------------------------------
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+    """Zero-pad the spatial sides of ``x`` ``(B, C, D, H, W)`` up to multiples of ``multiple``.
+
+    Padding is split evenly between the two ends of each axis (one more voxel at the end when
+    odd). Returns the padded tensor and the spatial slices that crop it back to ``x``'s grid.
+    """
+    pads: list[tuple[int, int]] = []
+    crop: list[slice] = []
+    for size in x.shape[2:]:
+        total = -size % multiple
+        before = total // 2
+        pads.append((before, total - before))
+        crop.append(slice(before, before + size))
+    flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants the last axis first
+    return (F.pad(x, flat) if any(flat) else x), tuple(crop)  # type: ignore[return-value]
+
+
+def predict_flow(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The model's field for normalised ``(1, 1, D, H, W)`` images of any size.
+
+    Both images are zero-padded to ``model.size_multiple`` (1 when the model has none), the field
+    is computed on the padded grid and cropped back: ``(1, 3, D, H, W)`` in voxels, channels
+    (D, H, W). Also returns the padded spatial shape.
+    """
+    multiple = int(getattr(model, "size_multiple", 1))
+    fixed_p, crop = pad_to_multiple(fixed, multiple)
+    moving_p, _ = pad_to_multiple(moving, multiple)
+    flow = model(fixed_p, moving_p)
+    return flow[(slice(None), slice(None), *crop)], tuple(fixed_p.shape[2:])
+
+
+def _warm_up(model: nn.Module, device: torch.device) -> None:
+    """One pass on a tiny input (lazy imports, kernel selection), so that the measured time and
+    memory are those of the registration itself."""
+    side = max(int(getattr(model, "size_multiple", 1)), 2)
+    x = torch.zeros(1, 1, side, side, side, device=device)
+    flow = model(x, x)
+    warp(x, flow)
+    warp(x, flow, mode="nearest")
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------
+
+
+def _check_output(path: Path, option: str) -> Path:
+    path = Path(path)
+    if not path.name.endswith(_SUFFIXES):
+        raise InputImageError(f"{option} {path}: outputs are NIfTI, give a name ending in .nii or .nii.gz")
+    return path
+
+
+def write_volume(
+    path: Path, array: np.ndarray, like: nib.spatialimages.SpatialImage, description: str | None = None
+) -> Path:
+    """Write ``array`` (``(D, H, W)`` or ``(D, H, W, 3)``) as NIfTI-1 with ``like``'s affine and
+    header (data type and scaling reset to ``array``'s), atomically: temporary file in the same
+    folder, then rename."""
+    path = Path(path)
+    try:
+        header = nib.Nifti1Header.from_header(like.header)
+    except Exception:  # a header nibabel cannot convert to NIfTI-1 (e.g. some MGH fields)
+        header = nib.Nifti1Header()
+    img = nib.Nifti1Image(array, like.affine, header)
+    img.header.set_data_dtype(array.dtype)
+    img.header.set_slope_inter(None, None)
+    if description is not None:
+        img.header["descrip"] = description[:79].encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, default_mode())
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+
+
+def register(
+    checkpoint: Path,
+    fixed: Path,
+    moving: Path,
+    out_warped: Path,
+    *,
+    out_flow: Path | None = None,
+    moving_labels: Path | None = None,
+    out_warped_labels: Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    normalisation: str | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with the model in ``checkpoint`` and write the results.
+
+    Args:
+        checkpoint: a crd-bench checkpoint (``crd train`` or ``crd import-official``).
+        fixed, moving: 3-D images on one voxel grid (any format nibabel reads).
+        out_warped: warped moving image, float32, fixed's affine and header.
+        out_flow: displacement field ``(D, H, W, 3)`` float32, voxels, channels (D, H, W).
+        moving_labels: integer label map on the moving grid; warped with nearest neighbour into
+            ``out_warped_labels`` (same integer type). Give both or neither.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: torch CPU threads (default: torch's choice).
+        normalisation: ``"minmax"`` or ``"none"`` instead of what the checkpoint's ``input`` entry
+            says (see :func:`normalise_intensity`); for images already prepared as the weights
+            expect, e.g. OASIS-like intensities in [0, 1] for the authors' weights.
+
+    Everything is checked before anything is written. Time and peak memory cover the field and
+    the warps, after a warm-up on a tiny input; not reading, normalising or writing files.
+    """
+    out_warped = _check_output(out_warped, "--out-warped")
+    out_flow = _check_output(out_flow, "--out-flow") if out_flow is not None else None
+    if (moving_labels is None) != (out_warped_labels is None):
+        raise InputImageError("give --moving-labels and --out-warped-labels together")
+    if out_warped_labels is not None:
+        out_warped_labels = _check_output(out_warped_labels, "--out-warped-labels")
+    if normalisation not in (None, *NORMALISATIONS):
+        raise InputImageError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+    dev = select_device(device)
+    configure_threads(threads)
+
+    fixed_img = read_volume(fixed, "fixed")
+    moving_img = read_volume(moving, "moving")
+    check_same_grid(fixed_img, moving_img, ("fixed", "moving"))
+    labels_img = None
+    if moving_labels is not None:
+        labels_img = read_volume(moving_labels, "moving labels")
+        check_same_grid(moving_img, labels_img, ("moving", "moving labels"))
+    model, payload = load_model(Path(checkpoint), dev)
+    spec = dict(payload.get("input", {}))
+    if normalisation is not None:
+        spec["normalisation"] = normalisation
+    mode = spec.get("normalisation", "minmax")
+
+    moving_raw = _image_array(moving_img)
+
+    def to_tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array))[None, None].to(dev)
+
+    fixed_t = to_tensor(normalise_intensity(_image_array(fixed_img), spec))
+    moving_t = to_tensor(normalise_intensity(moving_raw, spec))
+    moving_raw_t = to_tensor(moving_raw)
+    labels = _label_array(labels_img, Path(moving_labels)) if labels_img is not None else None
+    labels_t = to_tensor(labels.astype(np.float32)) if labels is not None else None
+
+    with torch.no_grad():
+        _warm_up(model, dev)
+        with measure(dev) as m:
+            start = time.perf_counter()
+            flow, padded = predict_flow(model, fixed_t, moving_t)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            field_seconds = time.perf_counter() - start
+            warped = warp(moving_raw_t, flow)
+            warped_labels = warp(labels_t, flow, mode="nearest") if labels_t is not None else None
+
+    flow_np = flow[0].permute(1, 2, 3, 0).float().cpu().numpy()
+    outputs = [write_volume(out_warped, warped[0, 0].float().cpu().numpy(), fixed_img)]
+    if out_flow is not None:
+        outputs.append(write_volume(out_flow, flow_np, fixed_img, "crd displacement, voxels, channels D,H,W (i,j,k)"))
+    if warped_labels is not None and labels is not None:
+        values = warped_labels[0, 0].round().cpu().numpy().astype(labels.dtype)
+        outputs.append(write_volume(out_warped_labels, values, fixed_img))
+    return RegistrationResult(
+        warped=out_warped,
+        flow=out_flow,
+        warped_labels=out_warped_labels,
+        method=str(payload.get("method")),
+        normalisation=str(mode),
+        shape=tuple(int(s) for s in fixed_img.shape),  # type: ignore[arg-type]
+        padded_shape=tuple(int(s) for s in padded),  # type: ignore[arg-type]
+        device=str(dev),
+        seconds=m.seconds,
+        field_seconds=field_seconds,
+        peak_rss_mb=m.peak_rss_mb,
+        cuda_alloc_peak_mb=m.cuda_alloc_peak_mb,
+        nvml_peak_mb=m.nvml_peak_mb,
+        mean_displacement=float(np.linalg.norm(flow_np, axis=-1).mean()),
+        outputs=outputs,
+    )

@@ -1,0 +1,275 @@
+"""``crd register``: grids checked, padding and cropping, outputs in our convention, atomic writes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from crd.cli import main
+from crd.errors import CheckpointError
+from crd.models.checkpoint import save_checkpoint
+from crd.models.functional import warp
+from crd.models.official import import_official
+from crd.models.registration import IdentityNet, LowResolutionNet
+from crd.register import InputImageError, normalise_intensity, pad_to_multiple, register
+from tests.conftest import SHARED
+
+OFFICIAL = SHARED / "crd-official"
+FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}
+
+SHAPE = (40, 50, 36)  # no side a multiple of 32
+AFFINE = np.array([[0.0, 0.0, -1.1, 20.0], [-0.9, 0.0, 0.0, 30.0], [0.0, 1.2, 0.0, -15.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def blob(shape, seed=0):
+    """A textured ellipsoid in [0, 1] on a zero background (a small stand-in for a brain)."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    r = np.sqrt(((grid / np.array([0.8, 0.85, 0.8])[:, None, None, None]) ** 2).sum(0))
+    tex = ndimage.gaussian_filter(rng.random(shape), 2)
+    tex = (tex - tex.min()) / (tex.max() - tex.min())
+    return ndimage.gaussian_filter(np.where(r < 1, 0.3 + 0.7 * tex, 0.0), 1).astype(np.float32)
+
+
+def save(path, array, affine=AFFINE):
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """Fixed and moving images (arbitrary intensity range) and moving labels on one oblique grid."""
+    fixed = blob(SHAPE, 0) * 800.0 + 5.0
+    moving = blob(SHAPE, 1) * 800.0 + 5.0
+    labels = (moving > 300).astype(np.uint8) + (moving > 500).astype(np.uint8)
+    return {
+        "fixed": save(tmp_path / "fixed.nii.gz", fixed),
+        "moving": save(tmp_path / "moving.nii.gz", moving),
+        "labels": save(tmp_path / "labels.nii.gz", labels),
+        "moving_array": moving,
+        "labels_array": labels,
+    }
+
+
+def run(checkpoint, pair, out, **extra):
+    return register(
+        checkpoint,
+        pair["fixed"],
+        pair["moving"],
+        out / "warped.nii.gz",
+        out_flow=out / "flow.nii.gz",
+        moving_labels=pair["labels"],
+        out_warped_labels=out / "warped_labels.nii.gz",
+        device="cpu",
+        **extra,
+    )
+
+
+def test_identity_checkpoint_gives_the_moving_image_back(tmp_path, pair):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    result = run(ckpt, pair, tmp_path / "out")
+    warped = nib.load(str(result.warped))
+    flow = nib.load(str(result.flow))
+    labels = nib.load(str(result.warped_labels))
+    assert warped.shape == labels.shape == SHAPE and flow.shape == (*SHAPE, 3)
+    for img in (warped, flow, labels):
+        np.testing.assert_allclose(img.affine, AFFINE, atol=1e-5)
+    assert warped.get_data_dtype() == np.float32 and flow.get_data_dtype() == np.float32
+    assert labels.get_data_dtype() == np.uint8
+    assert np.all(flow.get_fdata() == 0)
+    # the zero field samples at the voxel centres: equal up to float32 round-off of the sampling grid
+    # (about 1e-6 voxel, times the image gradient)
+    np.testing.assert_allclose(warped.get_fdata(), pair["moving_array"], rtol=1e-5, atol=1e-4)
+    assert np.array_equal(np.asanyarray(labels.dataobj), pair["labels_array"])
+    assert result.padded_shape == SHAPE and result.mean_displacement == 0.0
+
+
+def expected_flow(model, pair, minmax=True):
+    """Independently: min-max to [0, 1] (or not), zero-pad 12/12, 7/7, 14/14 voxels, run, crop."""
+
+    def prepared(path):
+        a = nib.load(str(path)).get_fdata(dtype=np.float32)
+        if minmax:
+            a = (a - a.min()) / (a.max() - a.min())
+        return F.pad(torch.from_numpy(a)[None, None], (14, 14, 7, 7, 12, 12))
+
+    with torch.no_grad():
+        full = model(prepared(pair["fixed"]), prepared(pair["moving"]))
+    return full[0, :, 12:52, 7:57, 14:50].permute(1, 2, 3, 0).numpy()
+
+
+def test_lowres_model_is_padded_to_its_multiple_and_cropped_back(tmp_path, pair):
+    torch.manual_seed(0)
+    model = LowResolutionNet(width=0.25).eval()
+    ckpt = save_checkpoint(tmp_path / "lr.pt", model, method="lr")
+    result = run(ckpt, pair, tmp_path / "out", threads=2)
+    assert model.size_multiple == 32 and result.padded_shape == (64, 64, 64)
+    assert result.normalisation == "minmax"  # crd train's checkpoints: dataset images in [0, 1]
+    flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
+    assert flow.shape == (*SHAPE, 3)
+    np.testing.assert_allclose(nib.load(str(result.flow)).affine, AFFINE, atol=1e-5)
+    expected = expected_flow(model, pair)
+    np.testing.assert_allclose(flow, expected, atol=1e-5)
+    assert np.abs(expected).max() > 1e-3  # a random model gives a non-zero field
+
+    # the warped image is the moving image (own intensities) warped by that field
+    u = torch.from_numpy(flow).permute(3, 0, 1, 2)[None]
+    moving = torch.from_numpy(pair["moving_array"])[None, None]
+    expected_warped = warp(moving, u)[0, 0].numpy()
+    np.testing.assert_allclose(nib.load(str(result.warped)).get_fdata(), expected_warped, rtol=1e-5, atol=1e-3)
+    labels = np.asanyarray(nib.load(str(result.warped_labels)).dataobj)
+    expected_labels = warp(torch.from_numpy(pair["labels_array"].astype(np.float32))[None, None], u, mode="nearest")
+    assert np.array_equal(labels, expected_labels[0, 0].numpy().astype(np.uint8))
+
+
+def test_normalisation_can_be_overridden(tmp_path, pair):
+    torch.manual_seed(1)
+    model = LowResolutionNet(width=0.25).eval()
+    ckpt = save_checkpoint(tmp_path / "lr.pt", model, method="lr")
+    result = run(ckpt, pair, tmp_path / "out", normalisation="none")
+    assert result.normalisation == "none"
+    flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(flow, expected_flow(model, pair, minmax=False), atol=1e-4)
+    with pytest.raises(InputImageError, match="normalisation 'zscore': expected one of minmax, none"):
+        run(ckpt, pair, tmp_path / "out2", normalisation="zscore")
+
+
+@pytest.mark.parametrize("shape, multiple", [((40, 50, 36), 32), ((5, 16, 17), 16), ((3, 4, 5), 1)])
+def test_pad_to_multiple_centres_and_crops_back(shape, multiple):
+    x = torch.rand(1, 2, *shape)
+    padded, crop = pad_to_multiple(x, multiple)
+    assert all(s % multiple == 0 and s - multiple < o <= s for s, o in zip(padded.shape[2:], shape, strict=True))
+    assert torch.equal(padded[(slice(None), slice(None), *crop)], x)
+    assert padded.sum() == pytest.approx(x.sum().item())  # zeros only were added
+    for s, c in zip(padded.shape[2:], crop, strict=True):
+        assert abs(c.start - (s - c.stop)) <= 1  # split evenly between the two ends
+
+
+def test_normalisation_follows_the_checkpoint_record():
+    image = np.array([[[2.0, 4.0, 6.0]]], dtype=np.float32)
+    np.testing.assert_allclose(normalise_intensity(image, {"normalisation": "minmax"}), [[[0.0, 0.5, 1.0]]])
+    np.testing.assert_allclose(normalise_intensity(image, {}), [[[0.0, 0.5, 1.0]]])
+    np.testing.assert_allclose(normalise_intensity(image, {"normalisation": "none"}), image)
+    assert not normalise_intensity(np.full((2, 2, 2), 3.0), {}).any()
+    with pytest.raises(CheckpointError, match="normalisation 'zscore' is unknown"):
+        normalise_intensity(image, {"normalisation": "zscore"})
+
+
+def test_cli_round_trip_prints_time_and_memory(tmp_path, pair, capsys):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    out = tmp_path / "out"
+    argv = ["register", "--checkpoint", str(ckpt), "--fixed", str(pair["fixed"]), "--moving", str(pair["moving"])]
+    assert main([*argv, "--out-warped", str(out / "w.nii"), "--device", "cpu", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "registered 40x50x36 with identity on cpu (normalisation minmax):" in printed and " s (field " in printed
+    assert "peak RSS" in printed and f"wrote {out / 'w.nii'}" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["w.nii"]  # no temporary files left
+
+
+def test_a_4d_image_with_one_volume_is_read_as_3d(tmp_path, pair):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    moving4 = save(tmp_path / "moving4.nii.gz", pair["moving_array"][..., None])
+    result = register(ckpt, pair["fixed"], moving4, tmp_path / "w.nii.gz", device="cpu")
+    assert nib.load(str(result.warped)).shape == SHAPE
+
+
+def _grid_cases(tmp_path, pair):
+    moved = AFFINE.copy()
+    moved[0, 3] += 0.5
+    return {
+        "shape": (
+            save(tmp_path / "small.nii.gz", blob((40, 50, 32))),
+            None,
+            r"shapes \(40, 50, 36\) and \(40, 50, 32\)",
+        ),
+        "affine": (
+            save(tmp_path / "shifted.nii.gz", pair["moving_array"], moved),
+            None,
+            r"affines differ by up to 0\.5 mm",
+        ),
+        "labels": (
+            pair["moving"],
+            save(tmp_path / "lab.nii.gz", pair["labels_array"], np.eye(4)),
+            r"moving and moving labels must share one voxel grid",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["shape", "affine", "labels"])
+def test_images_on_different_grids_are_refused_and_nothing_is_written(tmp_path, pair, case, capsys):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    moving, labels, message = _grid_cases(tmp_path, pair)[case]
+    out = tmp_path / "out"
+    with pytest.raises(InputImageError, match=message):
+        register(ckpt, pair["fixed"], moving, out / "w.nii.gz", moving_labels=labels,
+                 out_warped_labels=out / "l.nii.gz" if labels else None, device="cpu")  # fmt: skip
+    argv = ["register", "--checkpoint", str(ckpt), "--fixed", str(pair["fixed"]), "--moving", str(moving)]
+    argv += ["--out-warped", str(out / "w.nii.gz"), "--out-flow", str(out / "u.nii.gz"), "--device", "cpu"]
+    if labels:
+        argv += ["--moving-labels", str(labels), "--out-warped-labels", str(out / "l.nii.gz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crd register: error:") and "resample them to the same grid first" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"out_warped_labels": "l.nii.gz"}, "give --moving-labels and --out-warped-labels together"),
+        ({"out_flow": "u.mgz"}, r"--out-flow .*u.mgz: outputs are NIfTI"),
+    ],
+)
+def test_bad_options_are_refused_before_anything_runs(tmp_path, pair, kwargs, message):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    kwargs = {k: tmp_path / "out" / v for k, v in kwargs.items()}
+    with pytest.raises(InputImageError, match=message):
+        register(ckpt, pair["fixed"], pair["moving"], tmp_path / "out" / "w.nii.gz", device="cpu", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_unreadable_inputs_are_named(tmp_path, pair):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    with pytest.raises(InputImageError, match="moving .*nowhere.nii.gz: file not found"):
+        register(ckpt, pair["fixed"], tmp_path / "nowhere.nii.gz", tmp_path / "w.nii.gz", device="cpu")
+    junk = tmp_path / "junk.nii.gz"
+    junk.write_text("not an image")
+    with pytest.raises(InputImageError, match="fixed .*junk.nii.gz: cannot be read by nibabel"):
+        register(ckpt, junk, pair["moving"], tmp_path / "w.nii.gz", device="cpu")
+    with pytest.raises(CheckpointError, match="checkpoint file not found"):
+        register(tmp_path / "none.pt", pair["fixed"], pair["moving"], tmp_path / "w.nii.gz", device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# the authors' weights
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not all((OFFICIAL / f).is_file() for f in FILES.values()),
+    reason=f"the authors' released weights are not present in {OFFICIAL} (they are never redistributed)",
+)
+@pytest.mark.parametrize("kind", ["lr", "fst"])
+def test_official_weights_identity_and_shifts_in_our_convention(tmp_path, kind):
+    """fixed == moving: an identity-like result. A shift of the moving image by +2 voxels along one
+    array axis: the mean field points along that axis (our channel order, our sign convention)."""
+    ckpt = import_official(OFFICIAL / FILES[kind], tmp_path / f"{kind}.pt", kind)
+    image = blob((64, 80, 72)) * 255.0
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    fixed = save(tmp_path / "fixed.nii.gz", image, affine)
+    result = register(ckpt, fixed, fixed, tmp_path / "same.nii.gz", out_flow=tmp_path / "u.nii.gz", device="cpu")
+    assert result.mean_displacement < 1.0  # voxels; 0.73 (lr) and 0.53 (fst) at the time of writing
+    warped = nib.load(str(result.warped)).get_fdata()
+    assert np.abs(warped - image).mean() < 0.02 * image.max()
+    for axis in range(3):
+        moving = save(tmp_path / f"moving{axis}.nii.gz", np.roll(image, 2, axis), affine)
+        out = tmp_path / f"u{axis}.nii.gz"
+        register(ckpt, fixed, moving, tmp_path / "w.nii.gz", out_flow=out, device="cpu")
+        # moving(p) = fixed(p - 2 e): inside the object u ~ +2 e (the background does not say)
+        mean = nib.load(str(out)).get_fdata()[image > 0.1 * image.max()].mean(axis=0)
+        assert mean[axis] > 0.7 and np.argmax(np.abs(mean)) == axis, mean
