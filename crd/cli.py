@@ -167,8 +167,30 @@ def _cmd_register(args: argparse.Namespace) -> None:
         out_warped_labels=Path(args.out_warped_labels) if args.out_warped_labels else None,
         device=args.device,
         threads=args.threads,
+        normalisation=args.normalisation,
     )
     print(result.summary())
+
+
+def _cmd_metrics(args: argparse.Namespace) -> None:
+    from crd.metrics import format_scores, score_files
+
+    labels = None
+    if args.labels is not None:
+        try:
+            labels = [int(v) for v in args.labels.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ValueError(f"--labels: expected comma-separated integers (1,2,3), got {args.labels!r}") from None
+        if not labels:
+            raise ValueError("--labels: no label given")
+    result = score_files(
+        Path(args.fixed_labels),
+        Path(args.warped_labels),
+        Path(args.flow) if args.flow else None,
+        labels=labels,
+        spacing=tuple(args.spacing) if args.spacing else None,
+    )
+    print(json.dumps(result, indent=2) if args.json else format_scores(result))
 
 
 def _add_common(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
@@ -287,7 +309,30 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--out-warped-labels", help="warped label map to write (with --moving-labels)")
     rg.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
     rg.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    rg.add_argument(
+        "--normalisation",
+        choices=["minmax", "none"],
+        help="intensity scaling before the network (default: what the checkpoint records; none: images already "
+        "prepared as the weights expect)",
+    )
     rg.set_defaults(func=_cmd_register)
+
+    mt = sub.add_parser("metrics", help="score a registration result from files (Dice, HD95, ASSD, Jacobian)")
+    mt.add_argument("--fixed-labels", required=True, help="label map of the fixed image (NIfTI)")
+    mt.add_argument("--warped-labels", required=True, help="moving label map warped onto the fixed grid (NIfTI)")
+    mt.add_argument("--flow", help="displacement field (D, H, W, 3), voxels, channels D,H,W (as crd register writes)")
+    mt.add_argument("--labels", help="comma-separated labels to score (default: every nonzero label of either map)")
+    spacing = mt.add_mutually_exclusive_group()
+    spacing.add_argument(
+        "--spacing-from-header",
+        action="store_true",
+        help="voxel size (mm) for HD95/ASSD from the fixed label map's header (the default)",
+    )
+    spacing.add_argument(
+        "--spacing", type=float, nargs=3, metavar=("SD", "SH", "SW"), help="voxel size in mm instead of the header's"
+    )
+    mt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    mt.set_defaults(func=_cmd_metrics)
 
     m = sub.add_parser("methods", help="list the method plugins")
     m.add_argument("--folder", default="baselines", help="plugin folder (default baselines)")

@@ -9,23 +9,29 @@
   holds on the GPU, the CUDA context (several hundred MB) and the allocator's cache included.
   A missing NVML (no NVIDIA driver, non-NVIDIA GPU) gives ``None``, not an error.
 - Time: ``time.perf_counter`` around the call, after ``torch.cuda.synchronize`` on CUDA.
+
+:func:`profile_inference` repeats a call: warm-up calls first (lazy initialisation, cuDNN
+autotuning, allocator growth), then ``repeats`` timed calls, each timed with CUDA events on CUDA
+(``perf_counter`` on the CPU); it reports the median and the spread, and the memory peaks over the
+timed calls.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
-__all__ = ["Measurement", "measure", "device_description"]
+__all__ = ["Measurement", "measure", "device_description", "InferenceProfile", "profile_inference", "count_parameters"]
 
 MB = 2.0**20
 
@@ -184,3 +190,115 @@ def device_description(device: torch.device) -> dict[str, Any]:
             pass
         info["cpu_count"] = os.cpu_count()
     return info
+
+
+@dataclass
+class InferenceProfile:
+    """Latency of ``repeats`` calls after ``warmup`` calls, and the memory peaks over the timed calls.
+
+    Times are in seconds, memory in MB (2^20 bytes); ``None`` where not applicable (no CUDA, no
+    NVML). ``spread_s`` is the interquartile range of the repeats (p75 - p25, numpy's linear
+    interpolation), a robust spread; ``min_s`` and ``max_s`` are the extremes.
+    """
+
+    device: str
+    timer: str  # "cuda-events" or "perf_counter"
+    warmup: int
+    repeats: int
+    times_s: list[float] = field(default_factory=list)
+    median_s: float = float("nan")
+    spread_s: float = float("nan")
+    min_s: float = float("nan")
+    max_s: float = float("nan")
+    wall_s: float = float("nan")  # the whole timed loop, synchronised
+    peak_rss_mb: float | None = None
+    cuda_alloc_peak_mb: float | None = None
+    nvml_peak_mb: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation quantile of an ascending list (numpy's default method)."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def profile_inference(
+    fn: Callable[[], Any],
+    device: torch.device | str,
+    warmup: int = 3,
+    repeats: int = 10,
+    *,
+    inference_mode: bool = True,
+) -> InferenceProfile:
+    """Time ``fn()`` on ``device``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    On CUDA every repeat is timed with a pair of CUDA events recorded around the call on the
+    current stream (so asynchronous kernels are counted in full, without host-side gaps); the
+    device is synchronised before the first and after the last. On the CPU ``time.perf_counter``
+    times each call. The memory peaks come from :func:`measure` around the timed calls: the
+    PyTorch allocator peak (everything allocated at the time, weights and inputs included), NVML's
+    per-process peak (sampled; includes the CUDA context; ``None`` without NVML) and the CPU RSS
+    peak above the RSS before the timed calls.
+
+    Args:
+        fn: the call to time, without arguments, e.g. ``lambda: warp(moving, model(fixed, moving))``.
+        device: where ``fn`` runs (``torch.device`` or a string such as ``"cuda:0"``).
+        warmup: untimed calls first (>= 0).
+        repeats: timed calls (>= 1).
+        inference_mode: run every call under ``torch.inference_mode()``.
+
+    Returns:
+        :class:`InferenceProfile`.
+    """
+    device = torch.device(device)
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"expected warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    cuda = device.type == "cuda"
+    mode = torch.inference_mode if inference_mode else nullcontext
+    profile = InferenceProfile(
+        device=str(device), timer="cuda-events" if cuda else "perf_counter", warmup=warmup, repeats=repeats
+    )
+    with mode():
+        for _ in range(warmup):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times: list[float] = []
+        with measure(device) as m:
+            if cuda:
+                events = []
+                with torch.cuda.device(device):
+                    for _ in range(repeats):
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        fn()
+                        end.record()
+                        events.append((start, end))
+            else:
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+        if cuda:  # measure() synchronised the device on exit
+            times = [start.elapsed_time(end) / 1000.0 for start, end in events]
+    ordered = sorted(times)
+    profile.times_s = times
+    profile.median_s = statistics.median(times)
+    profile.spread_s = _quantile(ordered, 0.75) - _quantile(ordered, 0.25)
+    profile.min_s, profile.max_s = ordered[0], ordered[-1]
+    profile.wall_s = m.seconds
+    profile.peak_rss_mb = m.peak_rss_mb
+    profile.cuda_alloc_peak_mb = m.cuda_alloc_peak_mb
+    profile.nvml_peak_mb = m.nvml_peak_mb
+    return profile
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``model`` (a tensor shared by several modules counted once; buffers
+    such as batch-norm statistics excluded); with ``trainable_only``, those with ``requires_grad``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -103,6 +103,49 @@ def _brute_force_hd(a: np.ndarray, b: np.ndarray, spacing, percent: float = 95.0
     return value
 
 
+def _brute_force_assd(a: np.ndarray, b: np.ndarray, spacing) -> float:
+    """All-pairs reference of the mean of DeepMind's two area-weighted average surface distances."""
+    areas = M.surfel_area_table(spacing)
+    surf = []
+    for mask in (a, b):
+        codes = _reference_codes(mask)
+        border = (codes != 0) & (codes != 255)
+        surf.append((np.argwhere(border) * np.asarray(spacing), areas[codes[border]]))
+    (pa, wa), (pb, wb) = surf
+    pair = cdist(pa, pb)
+    ab = np.sum(pair.min(axis=1) * wa) / np.sum(wa)
+    ba = np.sum(pair.min(axis=0) * wb) / np.sum(wb)
+    return float((ab + ba) / 2)
+
+
+def _brain_like(rng: np.random.Generator, shape: tuple[int, int, int], n_labels: int) -> np.ndarray:
+    """A small anatomy-like label map: a folded ribbon (labels 1, 2) around curved Voronoi regions
+    inside an ellipsoid (the benchmark's ``compact`` pair, scaled down)."""
+    grid = np.indices(shape, dtype=np.float64)
+    centre = (np.asarray(shape) - 1) / 2
+    radii = 0.42 * np.asarray(shape)
+    r = np.sqrt(sum(((grid[k] - centre[k]) / radii[k]) ** 2 for k in range(3)))
+    folds = ndimage.gaussian_filter(rng.standard_normal(shape), 2.0)
+    depth = (r - 0.8) * radii.mean() - 2.0 * folds / folds.std()
+    out = np.zeros(shape, np.int16)
+    ribbon = (np.abs(depth) <= 1.5) & (r <= 1.0)
+    out[ribbon] = np.where(grid[2][ribbon] < centre[2], 1, 2)
+    inner = depth < -1.5
+    seeds = centre + rng.uniform(-0.6, 0.6, (n_labels - 2, 3)) * radii
+    bend = ndimage.gaussian_filter(rng.standard_normal((3,) + shape), (0, 4, 4, 4)) * 20
+    pts = np.stack([(grid[k] + bend[k])[inner] for k in range(3)], axis=1)
+    out[inner] = np.argmin(cdist(pts, seeds), axis=1) + 3
+    return out
+
+
+def _smooth_warp(rng: np.random.Generator, labels: np.ndarray, amplitude: float) -> np.ndarray:
+    """``labels(p + u(p))`` (nearest neighbour) for a smooth random field ``u`` of about ``amplitude`` voxels."""
+    u = ndimage.gaussian_filter(rng.standard_normal((3,) + labels.shape), (0, 5, 5, 5))
+    u *= amplitude / np.abs(u).max()
+    coords = np.indices(labels.shape, dtype=np.float64) + u
+    return ndimage.map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(labels.dtype)
+
+
 def test_neighbour_codes_match_deepmind_correlation():
     rng = np.random.default_rng(2)
     mask = rng.random((6, 7, 8)) < 0.4
@@ -164,6 +207,70 @@ def test_hd95_matches_brute_force_on_random_masks(seed: int):
             if not (a.any() and b.any()):
                 continue
             assert got[lab] == pytest.approx(_brute_force_hd(a, b, spacing, percent), abs=1e-6)
+    assd = M.assd_per_label(fixed, warped, labels, spacing)
+    for lab in labels:
+        a, b = fixed == lab, warped == lab
+        if a.any() and b.any():
+            assert assd[lab] == pytest.approx(_brute_force_assd(a, b, spacing), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.1, 0.1, 10.0), (4.0, 0.3, 1.0)])
+def test_far_surfaces_and_extreme_anisotropy_use_the_tree_fallback(spacing):
+    # Surfaces much further apart than the neighbour search reaches (a few voxels): the distances
+    # come from the k-d tree, and must still match the brute force exactly.
+    rng = np.random.default_rng(11)
+    fixed = np.zeros((30, 30, 30), np.uint8)
+    warped = np.zeros_like(fixed)
+    fixed[2:7, 3:9, 2:6] = 1
+    warped[20:27, 18:28, 21:29] = 1
+    fixed[rng.random(fixed.shape) < 0.01] = 2
+    warped[rng.random(fixed.shape) < 0.01] = 2
+    for lab in (1, 2):
+        a, b = fixed == lab, warped == lab
+        assert M.hd95_per_label(fixed, warped, [lab], spacing)[lab] == pytest.approx(
+            _brute_force_hd(a, b, spacing), rel=1e-12
+        )
+        assert M.assd_per_label(fixed, warped, [lab], spacing)[lab] == pytest.approx(
+            _brute_force_assd(a, b, spacing), rel=1e-12
+        )
+
+
+def test_neighbour_search_does_not_depend_on_the_gather_block(monkeypatch):
+    rng = np.random.default_rng(12)
+    fixed = _blobs(rng, (18, 19, 20), 5).astype(np.int16)
+    warped = _blobs(rng, (18, 19, 20), 5).astype(np.int16)
+    spacing = (0.9, 1.1, 1.7)
+    ref = M.score_pair(fixed, fixed, warped, range(5), spacing)
+    monkeypatch.setattr(M, "_GATHER_BLOCK", 7)  # many tiny blocks
+    assert M.score_pair(fixed, fixed, warped, range(5), spacing) == ref
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.float32]
+)
+def test_compact_labels_keeps_exactly_the_scored_labels(dtype):
+    rng = np.random.default_rng(13)
+    if dtype == np.bool_:
+        x, labels = rng.random((5, 6, 7)) < 0.5, [1, 0]
+    else:
+        info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+        lo = max(info.min, -3) if info is not None else -3
+        x = rng.integers(lo, 9, (5, 6, 7)).astype(dtype)
+        labels = [7, 0, 2, 100_000, -2] if info is None or info.min < 0 else [7, 0, 2, 300]
+    wanted = np.unique(np.asarray(labels, dtype=np.int64))
+    c = M._compact_labels(M._check_labels(x, "x"), wanted)
+    assert c.dtype == np.uint8 and c.shape == x.shape
+    for q, v in enumerate(wanted):
+        np.testing.assert_array_equal(c == q + 1, x == v)
+    assert np.all((c == 0) == ~np.isin(x, wanted))
+
+
+def test_compact_labels_wide_ranges():
+    x = np.array([[[-70_000, 5, 40_000_000, 5]]], np.int64)
+    c = M._compact_labels(x, np.array([5, 40_000_000]))
+    np.testing.assert_array_equal(c, [[[0, 1, 2, 1]]])
+    y = np.array([[[70_000, 70_005, 70_001]]], np.int32)  # narrow range away from 0
+    np.testing.assert_array_equal(M._compact_labels(y, np.array([70_001, 70_005])), [[[0, 2, 1]]])
 
 
 def test_surface_distances_weights_and_symmetry():
@@ -187,15 +294,26 @@ def test_hd95_absent_labels():
     got = M.hd95_per_label(fixed, warped, [1, 2], (1.0, 1.0, 1.0))
     assert got[1] == math.inf  # absent from one map: DeepMind's value
     assert math.isnan(got[2])  # absent from both
+    assd = M.assd_per_label(fixed, warped, [1, 2], (1.0, 1.0, 1.0))
+    assert assd[1] == math.inf and math.isnan(assd[2])
     empty = M.surface_distances(fixed == 1, warped == 1, (1.0, 1.0, 1.0))
     assert empty.dist_ba.size == 0 and np.all(np.isinf(empty.dist_ab))
+    assert M.average_surface_distance(empty) == math.inf
 
 
-def test_matches_deepmind_package_when_installed():
-    sd_pkg = pytest.importorskip("surface_distance")
+def _deepmind(sd_pkg, a: np.ndarray, b: np.ndarray, spacing) -> tuple[float, float]:
+    dists = sd_pkg.compute_surface_distances(a, b, spacing)
+    return (
+        float(sd_pkg.compute_robust_hausdorff(dists, 95)),
+        float(np.mean(sd_pkg.compute_average_surface_distance(dists))),
+    )
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_surfel_areas_match_deepmind_package_when_installed():
+    pytest.importorskip("surface_distance")
     from surface_distance import lookup_tables
 
-    rng = np.random.default_rng(3)
     for spacing in [(1.0, 1.0, 1.0), (0.7, 1.3, 2.9), (3.0, 0.5, 1.1)]:
         np.testing.assert_allclose(
             M.surfel_area_table(spacing),
@@ -203,14 +321,50 @@ def test_matches_deepmind_package_when_installed():
             rtol=0,
             atol=1e-12,
         )
-        fixed = _blobs(rng, (14, 15, 16), 4)
-        warped = _blobs(rng, (14, 15, 16), 4)
-        got = M.hd95_per_label(fixed, warped, [1, 2, 3], spacing)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.9), (3.0, 0.5, 1.1)])
+@pytest.mark.parametrize("kind", ["blobs", "speckle"])
+def test_random_masks_match_deepmind_package_when_installed(spacing, kind: str):
+    sd_pkg = pytest.importorskip("surface_distance")
+    rng = np.random.default_rng(3)
+    shape = (14, 15, 16)
+    for _ in range(2):
+        if kind == "blobs":
+            fixed, warped = _blobs(rng, shape, 4), _blobs(rng, shape, 4)
+        else:
+            fixed, warped = rng.integers(0, 4, shape), rng.integers(0, 4, shape)
+        hd = M.hd95_per_label(fixed, warped, [1, 2, 3], spacing)
+        assd = M.assd_per_label(fixed, warped, [1, 2, 3], spacing)
         for lab in (1, 2, 3):
-            ref = sd_pkg.compute_robust_hausdorff(
-                sd_pkg.compute_surface_distances(fixed == lab, warped == lab, spacing), 95
-            )
-            assert got[lab] == pytest.approx(ref, abs=1e-9)
+            ref_hd, ref_assd = _deepmind(sd_pkg, fixed == lab, warped == lab, spacing)
+            assert hd[lab] == pytest.approx(ref_hd, rel=1e-6, abs=1e-12)
+            assert assd[lab] == pytest.approx(ref_assd, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.2, 0.9, 2.5), (0.5, 2.0, 1.0)])
+def test_brain_like_masks_match_deepmind_package_when_installed(spacing):
+    """Anatomy-shaped labels (a folded ribbon around compact regions), warped by a smooth field,
+    scored through score_pair with anisotropic spacing."""
+    sd_pkg = pytest.importorskip("surface_distance")
+    rng = np.random.default_rng(21)
+    fixed = _brain_like(rng, (40, 46, 52), 10)
+    moving = _smooth_warp(rng, fixed, 3.0)
+    warped = _smooth_warp(rng, moving, 2.0)
+    labels = list(range(1, 11))
+    rows = {(r["metric"], r["label"]): r["value"] for r in M.score_pair(fixed, moving, warped, labels, spacing)}
+    compared = 0
+    for lab in labels:
+        a, b = fixed == lab, warped == lab
+        if not (a.any() and b.any()):  # DeepMind's package fails on an empty mask under numpy 2 (np.Inf)
+            continue
+        ref_hd, ref_assd = _deepmind(sd_pkg, a, b, spacing)
+        assert rows[("hd95_mm", lab)] == pytest.approx(ref_hd, rel=1e-6, abs=1e-12)
+        assert rows[("assd_mm", lab)] == pytest.approx(ref_assd, rel=1e-6, abs=1e-12)
+        compared += 1
+    assert compared == len(labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +460,30 @@ def test_planted_fold_is_counted():
     assert sd > 0
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 4, 100])
+def test_jacobian_stats_equal_folding_and_sdlogj(chunk: int):
+    rng = np.random.default_rng(14)
+    flow = ndimage.gaussian_filter(rng.normal(0, 4, (3, 13, 10, 11)), (0, 1, 1, 1)).astype(np.float32)
+    flow[0, 6, 3:6, 3:7] += 5.0  # a planted fold
+    jac = M.jacobian_determinant(flow)
+    fold = M.folding(jac)
+    sd, excluded = M.sdlogj(jac)
+    assert fold["fold_count"] > 0
+    stats = M.jacobian_stats(flow, chunk=chunk)
+    assert stats.fold_count == fold["fold_count"] and stats.fold_pct == fold["fold_pct"]
+    assert stats.voxels == jac.size
+    assert stats.logj_excluded_pct == pytest.approx(excluded, rel=1e-15)
+    assert stats.sdlogj == pytest.approx(sd, rel=1e-12)
+
+
+def test_jacobian_stats_closed_forms():
+    shift = np.broadcast_to(np.array([0.5, -3.0, 2.0])[:, None, None, None], (3, 6, 7, 8))
+    stats = M.jacobian_stats(shift.astype(np.float32))
+    assert (stats.fold_count, stats.sdlogj, stats.logj_excluded_pct) == (0, 0.0, 0.0)
+    flip = M.jacobian_stats(_affine_flow(np.diag([1.0, -1.0, 1.0]), (5, 6, 7)))
+    assert flip.fold_pct == 100.0 and math.isnan(flip.sdlogj) and flip.logj_excluded_pct == 100.0
+
+
 def test_sdlogj_values():
     flow = np.broadcast_to(np.array([2.0, 0.0, -1.0])[:, None, None, None], (3, 6, 6, 6))
     assert M.sdlogj(M.jacobian_determinant(flow)) == (0.0, 0.0)
@@ -353,6 +531,7 @@ def test_score_pair_rows_and_edge_cases():
     warped[warped == 2] = 0  # label 2: in fixed and moving, gone after warping -> vanished
     labels = [1, 2, 3, 4]  # label 4: in neither -> missing
     flow = np.zeros((3,) + shape, np.float32)
+    flow[0, 4, 2:4, 2:5] = [[3.0], [3.0]]  # det J = 1 + (3 - 0) / 2 > 0 at slice 3, 1 - 3 / 2 < 0 at slice 5
     rows = M.score_pair(fixed, moving, warped, labels, spacing, flow=flow)
 
     assert all(set(r) == {"metric", "label", "value"} for r in rows)
@@ -361,16 +540,23 @@ def test_score_pair_rows_and_edge_cases():
     assert len(got) == len(rows)  # one row per (metric, label)
 
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True)))
-    assert got[("dice", 1)] == 1.0 and got[("hd95_mm", 1)] == 0.0
+    assert got[("dice", 1)] == 1.0 and got[("hd95_mm", 1)] == 0.0 and got[("assd_mm", 1)] == 0.0
     assert got[("dice", 2)] == 0.0 and got[("hd95_mm", 2)] == pytest.approx(diagonal)
+    assert got[("assd_mm", 2)] == pytest.approx(diagonal)  # the same penalty
     for lab in (3, 4):
-        assert math.isnan(got[("dice", lab)]) and math.isnan(got[("hd95_mm", lab)])
+        for metric in ("dice", "hd95_mm", "assd_mm"):
+            assert math.isnan(got[(metric, lab)])
     assert got[("dice", None)] == pytest.approx(0.5)  # mean over labels 1 and 2
     assert got[("hd95_mm", None)] == pytest.approx(diagonal / 2)
+    assert got[("assd_mm", None)] == pytest.approx(diagonal / 2)
     assert got[("labels_missing", None)] == 2.0
     assert got[("labels_vanished", None)] == 1.0
-    assert got[("fold_pct", None)] == 0.0 and got[("fold_count", None)] == 0.0
-    assert got[("sdlogj", None)] == 0.0 and got[("logj_excluded_pct", None)] == 0.0
+    n_vox = np.prod(shape)
+    assert got[("fold_count", None)] == 6.0  # slice 5, the 2 x 3 patch
+    assert got[("fold_pct", None)] == pytest.approx(100 * 6 / n_vox)
+    assert got[("nonpos_jac_mm3", None)] == pytest.approx(6 * 1.0 * 1.5 * 2.0)
+    assert got[("logj_excluded_pct", None)] == pytest.approx(100 * 6 / n_vox)
+    assert got[("sdlogj", None)] > 0
 
 
 def test_score_pair_without_flow_and_without_present_labels():
@@ -382,6 +568,26 @@ def test_score_pair_without_flow_and_without_present_labels():
     assert got[("labels_missing", None)] == 2.0
 
 
+def test_score_pair_without_moving_labels():
+    fixed = np.zeros((8, 8, 8), np.int16)
+    fixed[1:4, 1:4, 1:4], fixed[5:7, 5:7, 5:7] = 1, 2
+    warped = np.where(fixed == 2, 0, fixed).astype(np.int16)
+    got = _rows_to_dict(M.score_pair(fixed, None, warped, [1, 2, 3], (1, 1, 1)))
+    assert got[("labels_missing", None)] == 1.0  # 3: not in the fixed map
+    assert got[("labels_vanished", None)] == 1.0  # 2: in the fixed map, not in the warped one
+    assert got[("dice", 2)] == 0.0 and got[("hd95_mm", 2)] == pytest.approx(math.sqrt(3 * 64))
+
+
+def test_score_pair_threads_do_not_change_the_result():
+    rng = np.random.default_rng(15)
+    fixed = _blobs(rng, (14, 15, 16), 6).astype(np.int16)
+    warped = _blobs(rng, (14, 15, 16), 6).astype(np.int32)
+    flow = rng.normal(0, 1, (3, 14, 15, 16)).astype(np.float32)
+    one = M.score_pair(fixed, fixed, warped, range(1, 6), (1.0, 2.0, 0.5), flow=flow, threads=1)
+    two = M.score_pair(fixed, fixed, warped, range(1, 6), (1.0, 2.0, 0.5), flow=flow, threads=2)
+    assert one == two
+
+
 def test_score_pair_matches_per_label_functions():
     rng = np.random.default_rng(8)
     fixed = _blobs(rng, (12, 12, 12), 5).astype(np.int16)
@@ -390,6 +596,10 @@ def test_score_pair_matches_per_label_functions():
     got = _rows_to_dict(M.score_pair(fixed, fixed, warped, labels, spacing))
     dice = M.dice_per_label(fixed, warped, labels)
     hd = M.hd95_per_label(fixed, warped, labels, spacing)
+    assd = M.assd_per_label(fixed, warped, labels, spacing)
     for lab in labels:
         assert got[("dice", lab)] == dice[lab] and got[("hd95_mm", lab)] == hd[lab]
+        assert got[("assd_mm", lab)] == assd[lab]
+        sd = M.surface_distances(fixed == lab, warped == lab, spacing)
+        assert M.average_surface_distance(sd) == pytest.approx(assd[lab], rel=1e-14)
     assert got[("dice", None)] == pytest.approx(np.mean(list(dice.values())))
