@@ -4,6 +4,9 @@
     crd train    --data DATA/synth --method-file baselines/hr.py --out MODEL.pt [...]
     crd evaluate --data DATA/synth --method-file baselines/hr.py --checkpoint MODEL.pt --out EVAL.csv
     crd report   --tables EVAL.csv ... --out report.html
+    crd import-official SRC.pth DST.pt --kind {lr,fst}
+    crd register --checkpoint MODEL.pt --fixed F.nii.gz --moving M.nii.gz --out-warped W.nii.gz [...]
+    crd metrics  --fixed-labels F.nii.gz --warped-labels W.nii.gz [--flow U.nii.gz] [--json]
     crd methods  [--folder baselines]
 
 Errors in the inputs (a bad file, a bad setting) are printed as one line naming what is wrong,
