@@ -91,11 +91,13 @@ def evaluate(
     example_path = out.parent / f"{out.stem}.example.nii.gz"
     example: dict[str, Any] | None = None
 
-    _register(model, *_load_pair(dataset, *pairs[0], dev)[:2])  # warm-up, untimed
+    _register(model, *_load_pair(dataset, *pairs[0], dev))  # warm-up, untimed
     for i, (fixed_id, moving_id) in enumerate(
         tqdm(pairs, desc=f"evaluate {method}", disable=not progress, mininterval=2.0)
     ):
-        fixed, moving, moving_lab = _load_pair(dataset, fixed_id, moving_id, dev)
+        fixed, moving = _load_pair(dataset, fixed_id, moving_id, dev)
+        moving_labels = dataset.load_labels(moving_id)
+        moving_lab = torch.from_numpy(moving_labels.astype(np.int32))[None, None].to(dev)
         with measure(dev) as m:
             flow, warped = _register(model, fixed, moving)
         with torch.inference_mode():
@@ -111,7 +113,7 @@ def evaluate(
                 rows.append({**pair, "metric": metric, "label": None, "value": value})
         scored = score_pair(
             dataset.load_labels(fixed_id),
-            dataset.load_labels(moving_id),
+            moving_labels,
             warped_lab[0, 0].cpu().numpy(),
             labels,
             dataset.spacing,
@@ -160,11 +162,11 @@ def evaluate(
     return out
 
 
-def _load_pair(dataset, fixed_id: str, moving_id: str, device: torch.device):
+def _load_pair(dataset, fixed_id: str, moving_id: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed and moving images as ``(1, 1, D, H, W)`` float tensors on ``device``."""
     fixed = torch.from_numpy(dataset.load_image(fixed_id))[None, None].to(device)
     moving = torch.from_numpy(dataset.load_image(moving_id))[None, None].to(device)
-    moving_lab = torch.from_numpy(dataset.load_labels(moving_id).astype(np.int32))[None, None].to(device)
-    return fixed, moving, moving_lab
+    return fixed, moving
 
 
 @torch.inference_mode()
