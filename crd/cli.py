@@ -139,7 +139,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from crd.report.build import build_report
 
-    print(build_report([Path(t) for t in args.tables], Path(args.out), title=args.title, baseline=args.baseline))
+    print(
+        build_report(
+            [Path(t) for t in args.tables],
+            Path(args.out),
+            title=args.title,
+            baseline=args.baseline,
+            bench=Path(args.bench) if args.bench else None,
+        )
+    )
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -194,6 +202,37 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
         spacing=tuple(args.spacing) if args.spacing else None,
     )
     print(json.dumps(result, indent=2) if args.json else format_scores(result))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from crd.bench import parse_size, run_bench, summary
+
+    options = [
+        flag
+        for flag, on in (
+            ("bf16", args.bf16),
+            ("channels-last", args.channels_last),
+            ("compile", args.compile),
+            ("cuda-graphs", args.cuda_graphs),
+        )
+        if on
+    ]
+    out = run_bench(
+        Path(args.methods_dir),
+        args.methods,
+        [parse_size(s) for s in args.sizes],
+        Path(args.out),
+        device=args.device,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        options=options,
+        checkpoints_dir=Path(args.checkpoints_dir) if args.checkpoints_dir else None,
+        train_step=args.train_step,
+        threads=args.threads,
+        isolate=args.isolate,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(summary(out))
 
 
 def _add_common(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
@@ -292,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="HTML file to write")
     r.add_argument("--baseline", default="hr", help="method the ratios are relative to (default hr)")
     r.add_argument("--title", default="crd-bench report", help="report title")
+    r.add_argument("--bench", help="crd bench table (CSV) for the efficiency section")
     r.set_defaults(func=_cmd_report)
 
     o = sub.add_parser("import-official", help="convert the CRD authors' released weights into a checkpoint")
@@ -336,6 +376,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     mt.set_defaults(func=_cmd_metrics)
+
+    b = sub.add_parser("bench", help="latency and memory of every method's inference (and a training step)")
+    b.add_argument("--methods-dir", default="baselines", help="plugin folder (default baselines)")
+    b.add_argument("--methods", nargs="+", default=["hr", "lr", "hr-half", "fst", "crd", "identity"])
+    b.add_argument("--sizes", nargs="+", default=["160x192x224"], help="volume sizes DxHxW (batch 1)")
+    b.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    b.add_argument("--repeats", type=int, default=5, help="timed calls after warm-up (default 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
+    b.add_argument("--checkpoints-dir", help="folder of <method>.pt weights (default: random init)")
+    b.add_argument("--bf16", action="store_true", help="also measure bf16 autocast (a separate case)")
+    b.add_argument("--channels-last", action="store_true", help="also measure channels-last 3D (a separate case)")
+    b.add_argument("--compile", action="store_true", help="also measure torch.compile (a separate case)")
+    b.add_argument("--cuda-graphs", action="store_true", help="also measure CUDA-graph replay (CUDA only)")
+    b.add_argument("--train-step", action="store_true", help="also time one training step per method (fp32)")
+    b.add_argument(
+        "--isolate",
+        choices=["auto", "process", "none"],
+        default="auto",
+        help="one subprocess per case (auto: on the CPU only)",
+    )
+    b.add_argument("--out", required=True, help="tidy CSV to write (+ .json sidecar)")
+    b.set_defaults(func=_cmd_bench)
 
     m = sub.add_parser("methods", help="list the method plugins")
     m.add_argument("--folder", default="baselines", help="plugin folder (default baselines)")

@@ -75,3 +75,24 @@ def test_downsample_halves_each_side():
     assert downsample(torch.rand(1, 2, 32, 48, 64)).shape == (1, 2, 16, 24, 32)
     const = torch.full((1, 1, 8, 8, 8), 3.0)
     torch.testing.assert_close(downsample(const, align_corners=True), torch.full((1, 1, 4, 4, 4), 3.0))
+
+
+@pytest.mark.parametrize("mode, padding", [("bilinear", "zeros"), ("nearest", "border"), ("bilinear", "reflection")])
+@pytest.mark.parametrize("grad", [False, True])
+def test_warp_equals_monai_warp(mode, padding, grad):
+    import warnings
+
+    from monai.networks.blocks import Warp
+
+    g = torch.Generator().manual_seed(1)
+    moving = torch.rand((2, 2, 9, 10, 11), generator=g)
+    flow = 3 * torch.randn((2, 3, 9, 10, 11), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = Warp(mode=mode, padding_mode=padding)(moving, flow)
+    flow.requires_grad_(grad)
+    got = warp(moving, flow, mode=mode, padding_mode=padding)
+    assert torch.equal(got.detach(), expected)
+    if grad and mode == "bilinear":
+        got.sum().backward()
+        assert flow.grad is not None and flow.grad.abs().sum() > 0

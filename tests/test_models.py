@@ -139,3 +139,24 @@ def test_the_authors_weights_fit_our_modules_key_for_key(name, model):
         key = key.removeprefix(prefix)
         mapped[key if key.split(".")[0].startswith(("fuse", "flow_f")) else "backbone." + key] = value
     ours.load_state_dict(mapped, strict=True)
+
+
+def test_backbone_conv_matches_torch_conv3d_in_inference_and_training():
+    from crd.models.backbone import Conv3d
+
+    g = torch.Generator().manual_seed(0)
+    ours = Conv3d(2, 16, kernel_size=3, stride=1, padding=1)
+    ref = torch.nn.Conv3d(2, 16, kernel_size=3, stride=1, padding=1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.rand((1, 2, 16, 20, 24), generator=g)  # small: torch itself takes its slow kernel
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    xs = torch.rand((1, 16, 8, 10, 12), generator=g)
+    strided = Conv3d(16, 32, kernel_size=3, stride=2, padding=1)
+    ref2 = torch.nn.Conv3d(16, 32, kernel_size=3, stride=2, padding=1)
+    ref2.load_state_dict(strided.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(strided(xs), ref2(xs), rtol=1e-5, atol=1e-5)
+    out = ours(x.requires_grad_(True))  # autograd: torch's own dispatch, gradients flow
+    out.sum().backward()
+    assert ours.weight.grad is not None and x.grad is not None

@@ -27,7 +27,8 @@ TINY = {
         }
     },
     "train": {"iterations": 2, "checkpoint_every": 1, "val_pairs": 1, "ncc_window": 5},
-    "threads": {"train": 1, "evaluate": 1},
+    "threads": {"train": 1, "evaluate": 1, "bench": 1},
+    "bench": {"sizes": ["32x32x32"], "repeats": 1, "warmup": 0},
 }
 
 
@@ -68,7 +69,7 @@ def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
-    for rule, count in (("generate_synth", 1), ("train", 5), ("evaluate", 6), ("report", 1)):
+    for rule, count in (("generate_synth", 1), ("train", 5), ("evaluate", 6), ("bench", 1), ("report", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
 
 
@@ -112,5 +113,8 @@ def test_tiny_end_to_end_run_then_nothing_to_do(tmp_path):
         assert {"dice", "hd95_mm", "fold_pct", "sdlogj", "time_s", "peak_rss_mb"} <= set(table.metric)
         assert f">{method}<" in report
     assert "data:image/png;base64" in report
+    bench = pd.read_csv(tmp_path / "results" / "bench" / "bench.csv")
+    assert set(bench.method) == {"identity", "hr", "lr", "hr-half", "fst", "crd"}
+    assert "Efficiency" in report
     again = snakemake(tmp_path, TINY, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr

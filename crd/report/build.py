@@ -764,8 +764,80 @@ def _write_atomic(out: Path, text: str) -> None:
         raise
 
 
+BENCH_COLUMNS = ("size", "method", "options", "device", "metric", "value", "ratio_to_hr")
+
+
+def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
+    """The efficiency section from a ``crd bench`` table: per (size, options), each method's median
+    latency, memory peak (CUDA allocator peak on CUDA, else CPU RSS above baseline) and parameter
+    count, with the ratios to hr that the table holds (measured in the same run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: bench table not found")
+    try:
+        t = pd.read_csv(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable CSV: {exc}") from None
+    missing = [c for c in BENCH_COLUMNS if c not in t.columns]
+    if missing:
+        raise ValueError(f"{path}: bench table lacks columns {missing}")
+    sidecar = _sidecar_path(path)
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    groups = []
+    for (size, options, device), g in t.groupby(["size", "options", "device"], sort=False):
+        mem = "cuda_alloc_peak_mb" if (g.metric == "cuda_alloc_peak_mb").any() else "peak_rss_mb"
+        rows = []
+        for method, m in g.groupby("method", sort=False):
+            v = m.set_index("metric")
+
+            def get(metric: str, col: str, v=v) -> float | None:
+                if metric not in v.index:
+                    return None
+                x = float(v.loc[metric, col])
+                return None if math.isnan(x) else x
+
+            rows.append(
+                {
+                    "method": method,
+                    "time": fmt_num(get("latency_median_s", "value")),
+                    "spread": fmt_num(get("latency_iqr_s", "value")),
+                    "time_ratio": fmt_ratio(get("latency_median_s", "ratio_to_hr")),
+                    "mem": fmt_num(get(mem, "value"), 0),
+                    "mem_ratio": fmt_ratio(get(mem, "ratio_to_hr")),
+                    "nvml": fmt_num(get("nvml_peak_mb", "value"), 0),
+                    "params": fmt_params(get("params", "value")),
+                }
+            )
+        groups.append(
+            {
+                "size": size,
+                "options": options,
+                "device": device,
+                "mem_label": (
+                    "CUDA allocator peak (MB)" if mem == "cuda_alloc_peak_mb" else "CPU RSS above baseline (MB)"
+                ),
+                "nvml": mem == "cuda_alloc_peak_mb",
+                "rows": rows,
+            }
+        )
+    dev = meta.get("device", {})
+    return {
+        "groups": groups,
+        "device_name": dev.get("device_name", DASH),
+        "threads": dev.get("threads", DASH),
+        "repeats": meta.get("repeats", DASH),
+        "warmup": meta.get("warmup", DASH),
+        "table": str(path),
+    }
+
+
 def build_report(
-    tables: list[Path], out: Path, *, title: str = "crd-bench report", baseline: str = "hr"
+    tables: list[Path],
+    out: Path,
+    *,
+    title: str = "crd-bench report",
+    baseline: str = "hr",
+    bench: Path | None = None,
 ) -> Path:
     """Render the HTML report of ``tables`` (tidy evaluation CSVs) to ``out``; return ``out``.
 
@@ -773,7 +845,8 @@ def build_report(
     order of ``tables``. Ratios are to ``baseline``'s mean in the same dataset (time ratios only
     between runs on the same device kind, memory ratios only between the same memory metric).
     Raises ``ValueError`` naming the file for a missing or malformed table or sidecar, and for two
-    tables holding the same (dataset, method).
+    tables holding the same (dataset, method). ``bench``: a ``crd bench`` table, shown as the
+    efficiency section (its ratios are to hr, as measured in the bench run).
     """
     import crd
 
@@ -862,6 +935,7 @@ def build_report(
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         version=crd.__version__,
         columns=["Dice", "HD95 (mm)", "Fold %", "SDlogJ", "Time (s)", "Peak memory (MB)", "Params"],
+        bench=_bench_section(bench) if bench is not None else None,
     )
     out = Path(out)
     _write_atomic(out, html)

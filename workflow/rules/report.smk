@@ -1,4 +1,4 @@
-# The single self-contained HTML report, from the tidy evaluation tables only.
+# The single self-contained HTML report, from the tidy evaluation tables and the bench table.
 
 
 rule report:
@@ -6,6 +6,7 @@ rule report:
         tables=[eval_path(d, m) for d in DATASETS for m in REPORTED],
         sidecars=[eval_path(d, m, "json") for d in DATASETS for m in REPORTED],
         examples=[eval_path(d, m, "example.nii.gz") for d in DATASETS for m in REPORTED],
+        bench=bench_path(),
     output:
         report_path(),
     log:
@@ -18,4 +19,4 @@ rule report:
     conda:
         ENV
     shell:
-        "{CRD} report --tables {input.tables} --out {output} --baseline {params.baseline} > {log} 2>&1"
+        "{CRD} report --tables {input.tables} --out {output} --baseline {params.baseline} --bench {input.bench} > {log} 2>&1"

@@ -1,0 +1,414 @@
+"""Efficiency bench: latency and memory of every method's inference (and one training step).
+
+Inference = predict the field + warp the moving image (:func:`crd.models.functional.warp`), batch
+1, random inputs (timing and memory do not depend on the weights; trained weights are used when
+``checkpoints_dir/<method>.pt`` exists). Each (method, size, option) is one *case*:
+
+- ``fp32`` is always measured; every option flag (``bf16`` autocast, ``channels-last`` 3-D,
+  ``compile``, ``cuda-graphs``) is measured as its own case, recorded in the ``options`` column,
+  and applied to every method alike (``hr`` included, so ratios stay fair).
+- On the CPU every case runs in its own subprocess by default (``isolate="auto"``), so one model's
+  allocations cannot hide another's peak RSS; the subprocess' wall time is recorded
+  (``case_wall_s``) so the cost of that choice is visible. On CUDA cases run in one process, the
+  allocator's peak reset and its cache emptied between cases.
+
+Output: a tidy long CSV with columns ``size, method, options, device, metric, value, ratio_to_hr``
+(the ratio is the value divided by ``hr``'s for the same size, options and metric, from the same
+run) and a JSON sidecar (device description, settings, weights used, wall time).
+
+Metrics: ``latency_median_s``, ``latency_iqr_s``, ``latency_min_s``, ``latency_max_s``,
+``peak_rss_mb`` (above the RSS before the timed calls; after the warm-up, memory glibc keeps is
+released with ``malloc_trim``), ``base_rss_mb`` (that RSS before the timed calls: interpreter,
+torch, weights, inputs), ``process_peak_rss_mb`` (absolute RSS high-water mark during the timed
+calls, comparable to ``ru_maxrss``), ``cuda_alloc_peak_mb``,
+``nvml_peak_mb`` (CUDA; NVML counts the CUDA context too), ``params``, ``case_wall_s``, and with
+``train_step``: ``train_step_s`` (median), ``train_peak_rss_mb`` / ``train_cuda_alloc_peak_mb``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+__all__ = ["OPTIONS", "parse_size", "run_bench", "run_case", "COLUMNS"]
+
+#: option flags, each measured as a separate case next to the default fp32
+OPTIONS = ("bf16", "channels-last", "compile", "cuda-graphs")
+CUDA_ONLY = frozenset({"cuda-graphs"})
+COLUMNS = ("size", "method", "options", "device", "metric", "value", "ratio_to_hr")
+BASELINE = "hr"
+_RESULT_TAG = "CRD-BENCH-RESULT "
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"160x192x224"`` -> ``(160, 192, 224)``; a single number means a cube."""
+    parts = text.lower().split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"size {text!r}: expected DxHxW (e.g. 160x192x224) or one integer") from None
+    if len(dims) == 1:
+        dims = dims * 3
+    if len(dims) != 3 or min(dims) < 1:
+        raise ValueError(f"size {text!r}: expected three positive integers DxHxW")
+    return dims  # type: ignore[return-value]
+
+
+def _size_name(size: tuple[int, int, int]) -> str:
+    return "x".join(str(s) for s in size)
+
+
+# --------------------------------------------------------------------------------------------
+# one case, in this process
+
+
+def _build(model_config: dict[str, Any], checkpoint: str | None, device):
+    from crd.models.checkpoint import load_model
+    from crd.models.registration import build_model
+
+    if checkpoint and Path(checkpoint).is_file():
+        model, _ = load_model(Path(checkpoint), device)
+        return model, "trained"
+    return build_model(model_config).to(device).eval(), "random"
+
+
+def _peak_abs_rss_mb() -> float | None:
+    from crd.profiling import _read_vmhwm_kb
+
+    kb = _read_vmhwm_kb()
+    return None if kb is None else kb / 1024.0
+
+
+def _train_step_profile(case: dict[str, Any], model, device, fixed, moving) -> dict[str, float]:
+    """Median time of ``repeats`` optimiser steps after one warm-up, and the memory peaks."""
+    import torch
+
+    from crd.losses import DistillationLoss, UnsupervisedLoss
+    from crd.models.functional import warp
+    from crd.profiling import measure
+
+    model.train().requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    teacher = None
+    if case["training"] == "distill":
+        teacher, _ = _build(case["teacher_model"], case.get("teacher_checkpoint"), device)
+        teacher.requires_grad_(False)
+        loss_fn: Any = DistillationLoss()
+    else:
+        loss_fn = UnsupervisedLoss(ncc_window=9)
+    cuda = device.type == "cuda"
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        if teacher is not None:
+            with torch.no_grad():
+                t_flow, t_maps = teacher.forward_with_maps(fixed, moving)
+            s_flow, s_maps = model.forward_with_maps(fixed, moving)
+            loss = loss_fn(s_flow, t_flow, s_maps, t_maps).total
+        else:
+            flow = model(fixed, moving)
+            loss = loss_fn(fixed, warp(moving, flow), flow).total
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    step()  # warm-up (lazy state, Adam buffers)
+    times = []
+    with measure(device) as m:
+        for _ in range(max(1, case["repeats"])):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    out = {"train_step_s": statistics.median(times), "train_peak_rss_mb": m.peak_rss_mb}
+    if cuda:
+        out["train_cuda_alloc_peak_mb"] = m.cuda_alloc_peak_mb
+        out["train_nvml_peak_mb"] = m.nvml_peak_mb
+    model.eval()
+    return out
+
+
+def _release_freed_memory() -> None:
+    """Give memory that glibc's allocator keeps after ``free`` back to the OS (``malloc_trim``);
+    a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Measure one (method, size, option) case in this process; returns ``{metrics, weights}``."""
+    import psutil
+    import torch
+
+    from crd.models.functional import warp
+    from crd.profiling import count_parameters, profile_inference
+    from crd.runtime import configure_threads, select_device
+
+    t_case = time.perf_counter()
+    configure_threads(case.get("threads"))
+    device = select_device(case["device"])
+    option = case["option"]
+    if option in CUDA_ONLY and device.type != "cuda":
+        raise ValueError(f"option {option!r} needs a CUDA device, not {device}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model, weights = _build(case["model"], case.get("checkpoint"), device)
+    size = tuple(case["size"])
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.rand((1, 1, *size), generator=gen).to(device)
+    moving = torch.rand((1, 1, *size), generator=gen).to(device)
+    if option == "channels-last":
+        model = model.to(memory_format=torch.channels_last_3d)
+        fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
+        moving = moving.contiguous(memory_format=torch.channels_last_3d)
+    net = torch.compile(model) if option == "compile" else model
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if option == "bf16" else (lambda: nullcontext())
+    )
+
+    def infer() -> torch.Tensor:
+        with autocast():
+            flow = net(fixed, moving)
+        return warp(moving, flow.float())
+
+    fn = infer
+    if option == "cuda-graphs":
+        with torch.inference_mode():
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    infer()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = infer()  # noqa: F841  (kept alive with the graph's pool)
+
+        def fn() -> None:
+            graph.replay()
+
+    metrics: dict[str, Any] = {"params": float(count_parameters(model))}
+    with torch.inference_mode():
+        for _ in range(case["warmup"]):
+            fn()
+    _release_freed_memory()  # so that the RSS baseline of the timed calls holds no warm-up leftovers
+    metrics["base_rss_mb"] = psutil.Process().memory_info().rss / 2.0**20
+    prof = profile_inference(fn, device, warmup=0, repeats=case["repeats"])
+    metrics.update(
+        latency_median_s=prof.median_s,
+        latency_iqr_s=prof.spread_s,
+        latency_min_s=prof.min_s,
+        latency_max_s=prof.max_s,
+        peak_rss_mb=prof.peak_rss_mb,
+        process_peak_rss_mb=_peak_abs_rss_mb(),
+    )
+    if device.type == "cuda":
+        metrics.update(cuda_alloc_peak_mb=prof.cuda_alloc_peak_mb, nvml_peak_mb=prof.nvml_peak_mb)
+    if case.get("train_step") and case.get("training") and option == "fp32" and count_parameters(model) > 0:
+        metrics.update(_train_step_profile(case, model, device, fixed, moving))
+    metrics["in_process_case_s"] = time.perf_counter() - t_case
+    return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "weights": weights}
+
+
+def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
+    from crd.errors import CrdError
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "crd.bench", json.dumps(case)], capture_output=True, text=True, env=os.environ.copy()
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_TAG):
+            return json.loads(line[len(_RESULT_TAG) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    raise CrdError(
+        f"bench case {case['method']} {_size_name(tuple(case['size']))} {case['option']} failed "
+        f"(exit {proc.returncode}): " + " | ".join(tail)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the whole bench
+
+
+def run_bench(
+    methods_dir: Path,
+    methods: list[str],
+    sizes: list[tuple[int, int, int]],
+    out: Path,
+    *,
+    device: str = "auto",
+    repeats: int = 5,
+    warmup: int = 1,
+    options: list[str] | None = None,
+    checkpoints_dir: Path | None = None,
+    train_step: bool = False,
+    threads: int | None = None,
+    isolate: str = "auto",
+    log=print,
+) -> Path:
+    """Measure every (method, size, option) case; write the tidy CSV ``out`` and its sidecar.
+
+    Raises ``ValueError`` for unknown methods/options, options the device cannot run, methods
+    without a model, or bad repeat counts.
+    """
+    import pandas as pd
+
+    from crd.methods import load_methods
+    from crd.profiling import device_description
+    from crd.runtime import configure_threads, select_device
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"expected repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    dev = select_device(device)
+    options = list(dict.fromkeys(options or []))
+    for opt in options:
+        if opt not in OPTIONS:
+            raise ValueError(f"unknown option {opt!r}; known: {', '.join(OPTIONS)}")
+        if opt in CUDA_ONLY and dev.type != "cuda":
+            raise ValueError(f"--{opt} needs a CUDA device; this run's device is {dev}")
+    if isolate not in ("auto", "process", "none"):
+        raise ValueError(f"isolate must be auto, process or none, got {isolate!r}")
+    in_subprocess = isolate == "process" or (isolate == "auto" and dev.type == "cpu")
+    specs = load_methods(Path(methods_dir), list(methods))
+    for name in methods:
+        if specs[name].model is None:
+            raise ValueError(f"method {name!r} brings its own rules and no model config: it cannot be benched")
+    if not sizes:
+        raise ValueError("no size to bench")
+
+    def ckpt(name: str) -> str | None:
+        if checkpoints_dir is None:
+            return None
+        path = Path(checkpoints_dir) / f"{name}.pt"
+        return str(path) if path.is_file() else None
+
+    rows: list[dict[str, Any]] = []
+    weights: dict[str, str] = {}
+    t_start = time.perf_counter()
+    for size in sizes:
+        for option in ["fp32", *options]:
+            for name in methods:
+                spec = specs[name]
+                multiple = 32 if spec.model.get("kind") in ("fst", "lowres") else 16
+                if spec.model.get("kind") != "identity" and any(s % multiple for s in size):
+                    raise ValueError(
+                        f"size {_size_name(size)}: method {name!r} needs sides that are multiples of {multiple}"
+                    )
+                case = {
+                    "method": name,
+                    "model": spec.model,
+                    "checkpoint": ckpt(name),
+                    "size": list(size),
+                    "option": option,
+                    "device": str(dev),
+                    "repeats": repeats,
+                    "warmup": warmup,
+                    "threads": threads,
+                    "train_step": train_step,
+                    "training": spec.training,
+                    "teacher_model": specs[spec.teacher].model if spec.teacher else None,
+                    "teacher_checkpoint": ckpt(spec.teacher) if spec.teacher else None,
+                }
+                t0 = time.perf_counter()
+                result = _run_case_subprocess(case) if in_subprocess else run_case(case)
+                if not in_subprocess and dev.type == "cuda":  # free this case's cache (and graph pool)
+                    import gc
+
+                    import torch
+
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                metrics = dict(result["metrics"])
+                metrics["case_wall_s"] = time.perf_counter() - t0
+                weights[name] = result["weights"]
+                log(
+                    f"bench {_size_name(size)} {option:13s} {name:8s} "
+                    f"median {metrics['latency_median_s']:.4f} s, case {metrics['case_wall_s']:.1f} s"
+                )
+                for metric, value in metrics.items():
+                    rows.append(
+                        {
+                            "size": _size_name(size),
+                            "method": name,
+                            "options": option,
+                            "device": dev.type,
+                            "metric": metric,
+                            "value": float(value),
+                        }
+                    )
+    table = pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
+    base = table[table.method == BASELINE].set_index(["size", "options", "metric"])["value"]
+
+    def ratio(r) -> float:
+        b = base.get((r["size"], r["options"], r["metric"]), math.nan)
+        return r["value"] / b if b and not math.isnan(b) else math.nan
+
+    table["ratio_to_hr"] = table.apply(ratio, axis=1) if len(table) else []
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    configure_threads(threads)
+    sidecar = {
+        "kind": "bench",
+        "device": device_description(dev),
+        "methods": list(methods),
+        "sizes": [_size_name(s) for s in sizes],
+        "options": ["fp32", *options],
+        "repeats": repeats,
+        "warmup": warmup,
+        "batch": 1,
+        "train_step": train_step,
+        "isolation": "subprocess per case" if in_subprocess else "one process",
+        "weights": weights,
+        "wall_s": time.perf_counter() - t_start,
+        "baseline": BASELINE,
+    }
+    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    return out
+
+
+def summary(table_path: Path) -> str:
+    """Plain-text table: per size and options, median latency, peak RSS / allocator peak, ratios."""
+    import pandas as pd
+
+    t = pd.read_csv(table_path)
+    lines = []
+    mem_metric = "cuda_alloc_peak_mb" if (t.metric == "cuda_alloc_peak_mb").any() else "peak_rss_mb"
+    for (size, options), g in t.groupby(["size", "options"], sort=False):
+        lines.append(f"{size} {options} ({g.device.iloc[0]})")
+        lines.append(
+            f"  {'method':9s} {'median s':>10s} {'x hr':>6s} {mem_metric:>18s} {'x hr':>6s} "
+            f"{'proc peak RSS MB':>17s} {'params':>9s}"
+        )
+        for method, m in g.groupby("method", sort=False):
+            v = m.set_index("metric")
+
+            def val(k: str, col: str = "value", v=v) -> float:
+                return float(v[col][k]) if k in v.index else math.nan
+
+            lines.append(
+                f"  {method:9s} {val('latency_median_s'):10.4f} {val('latency_median_s', 'ratio_to_hr'):6.2f} "
+                f"{val(mem_metric):18.1f} {val(mem_metric, 'ratio_to_hr'):6.2f} "
+                f"{val('process_peak_rss_mb'):17.1f} {val('params'):9.0f}"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # worker: python -m crd.bench '<case json>'
+    _result = run_case(json.loads(sys.argv[1]))
+    print(_RESULT_TAG + json.dumps(_result), flush=True)

@@ -1,0 +1,102 @@
+"""crd bench: the efficiency table (smoke runs at a tiny size; no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from crd.bench import COLUMNS, parse_size, run_bench
+from crd.cli import main
+from crd.report import build_report
+from tests.test_report import make_tables
+
+
+def test_parse_size():
+    assert parse_size("160x192x224") == (160, 192, 224)
+    assert parse_size("32") == (32, 32, 32)
+    with pytest.raises(ValueError, match="DxHxW"):
+        parse_size("32xa")
+
+
+def test_cli_smoke_subprocess_per_case(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    argv = ["bench", "--methods", "hr", "crd", "identity", "--sizes", "32x32x32", "--device", "cpu"]
+    argv += ["--threads", "1", "--repeats", "1", "--warmup", "0", "--train-step", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "hr" in printed and "crd" in printed
+    t = pd.read_csv(out)
+    assert tuple(t.columns) == COLUMNS
+    assert set(t.method) == {"hr", "crd", "identity"}
+    assert set(t.options) == {"fp32"} and set(t.device) == {"cpu"} and set(t["size"]) == {"32x32x32"}
+    for metric in ("latency_median_s", "latency_iqr_s", "peak_rss_mb", "process_peak_rss_mb", "params", "case_wall_s"):
+        assert set(t[t.metric == metric].method) == {"hr", "crd", "identity"}, metric
+    hr = t[t.method == "hr"]
+    assert (hr[hr.value != 0].ratio_to_hr == 1.0).all()  # a zero (an IQR of one repeat) has no ratio
+    assert hr[hr.value == 0].ratio_to_hr.isna().all()
+    v = t.set_index(["method", "metric"])
+    assert v.loc[("hr", "params"), "value"] == 320419
+    assert v.loc[("crd", "params"), "ratio_to_hr"] == 1.0  # same backbone
+    assert v.loc[("identity", "params"), "value"] == 0
+    assert v.loc[("crd", "latency_median_s"), "value"] > 0
+    # the training step: unsupervised for hr, distillation (teacher forward included) for crd
+    assert ("hr", "train_step_s") in v.index and ("crd", "train_step_s") in v.index
+    assert ("identity", "train_step_s") not in v.index
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["device"]["device"] == "cpu" and side["isolation"] == "subprocess per case"
+    assert side["weights"] == {"hr": "random", "crd": "random", "identity": "random"}
+
+
+def test_in_process_option_cases_are_separate(tmp_path):
+    out = run_bench(
+        "baselines",
+        ["hr", "lr"],
+        [(32, 32, 32)],
+        tmp_path / "b.csv",
+        device="cpu",
+        repeats=1,
+        warmup=0,
+        options=["bf16"],
+        threads=1,
+        isolate="none",
+        log=lambda _: None,
+    )
+    t = pd.read_csv(out)
+    assert set(t.options) == {"fp32", "bf16"}
+    for opt in ("fp32", "bf16"):
+        r = t[(t.options == opt) & (t.method == "hr") & (t.metric == "latency_median_s")]
+        assert len(r) == 1 and r.ratio_to_hr.iloc[0] == 1.0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cuda-graphs"], "needs a CUDA device"),
+        (["--methods", "nope"], "unknown method 'nope'"),
+        (["--sizes", "30x32x32"], "multiples of"),
+        (["--repeats", "0"], "repeats >= 1"),
+    ],
+)
+def test_bad_flags_are_refused(tmp_path, capsys, extra, message):
+    argv = ["bench", "--device", "cpu", "--sizes", "32x32x32", "--out", str(tmp_path / "b.csv")]
+    assert main([*argv, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_report_efficiency_section(tmp_path):
+    tables = make_tables(tmp_path / "eval")
+    rows = []
+    for method, (sec, mb) in {"hr": (2.0, 1000.0), "crd": (0.3, 120.0)}.items():
+        for metric, value in (("latency_median_s", sec), ("peak_rss_mb", mb), ("params", 320419.0)):
+            base = {"latency_median_s": 2.0, "peak_rss_mb": 1000.0, "params": 320419.0}[metric]
+            rows.append(("64x64x64", method, "fp32", "cpu", metric, value, value / base))
+    bench = tmp_path / "bench.csv"
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(bench, index=False)
+    html = build_report(tables, tmp_path / "r.html", bench=bench).read_text()
+    assert "Efficiency" in html and "64x64x64, fp32 (cpu)" in html
+    assert "0.15×" in html and "0.12×" in html  # crd's time and memory ratios to hr
+    with pytest.raises(ValueError, match="bench table"):
+        build_report(tables, tmp_path / "r2.html", bench=tmp_path / "missing.csv")

@@ -1,0 +1,40 @@
+# The efficiency bench: latency and memory of every reported method's inference (field + warp,
+# batch 1, random inputs: timings do not depend on the weights) at each configured size, ratios to
+# hr from the same run. A bench job reserves every local core, like evaluate, so nothing disturbs
+# its timings; on the CPU each case runs in its own subprocess (crd.bench).
+
+BENCHED = [m for m in REPORTED if METHODS[m].model is not None]
+
+
+def bench_path(ext="csv"):
+    return f"{RESULTS}/bench/bench.{ext}"
+
+
+rule bench:
+    output:
+        table=bench_path(),
+        sidecar=bench_path("json"),
+    log:
+        f"{RESULTS}/logs/bench.log",
+    params:
+        methods=" ".join(BENCHED),
+        sizes=" ".join(config["bench"]["sizes"]),
+        repeats=config["bench"]["repeats"],
+        warmup=config["bench"]["warmup"],
+        flags=" ".join(
+            (["--train-step"] if config["bench"]["train_step"] else [])
+            + [f"--{o}" for o in config["bench"]["options"]]
+        ),
+        torch_threads=config["threads"]["bench"],
+        device=config["device"],
+        baselines=REPO / config["baselines"],
+    threads: workflow.cores
+    resources:
+        mem_mb=mem_mb("bench"),
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "{CRD} bench --methods-dir {params.baselines} --methods {params.methods} --sizes {params.sizes}"
+        " --repeats {params.repeats} --warmup {params.warmup} {params.flags} --device {params.device}"
+        " --threads {params.torch_threads} --out {output.table} > {log} 2>&1"
