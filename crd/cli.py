@@ -64,6 +64,14 @@ def _model_from_args(args: argparse.Namespace) -> tuple[dict[str, Any] | None, A
     return model, spec
 
 
+def _method_name(args: argparse.Namespace, spec: Any) -> str:
+    """``--method``, else the method file's name; an error when neither is given."""
+    method = args.method or (spec.name if spec else None)
+    if not method:
+        raise ValueError("name the method with --method (or give --method-file)")
+    return method
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     from crd.data.synth import generate_synth
 
@@ -94,9 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for key in ("iterations", "seed", "lr"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
-    method = args.method or (spec.name if spec else None)
-    if not method:
-        raise ValueError("name the method with --method (or give --method-file)")
+    method = _method_name(args, spec)
     train(
         Path(args.data),
         Path(args.out),
@@ -117,9 +123,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from crd.evaluate import evaluate
 
     model, spec = _model_from_args(args)
-    method = args.method or (spec.name if spec else None)
-    if not method:
-        raise ValueError("name the method with --method (or give --method-file)")
+    method = _method_name(args, spec)
     if args.checkpoint is None and model is None:
         raise ValueError("give --checkpoint, or --method-file/--model for a method without weights")
     evaluate(
