@@ -20,8 +20,6 @@ i, j, k axes), ``warped(p) = moving(p + u(p))`` with voxel centres at integer co
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crd.data.layout import default_mode
+from crd.data.layout import save_image_atomic
 from crd.errors import CheckpointError, CrdError
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
@@ -263,18 +261,7 @@ def write_volume(
     img.header.set_slope_inter(None, None)
     if description is not None:
         img.header["descrip"] = description[:79].encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, default_mode())
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return save_image_atomic(img, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -369,6 +369,13 @@ def write_nifti(
     img.header.set_data_dtype(array.dtype)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
+    return save_image_atomic(img, path)
+
+
+def save_image_atomic(img: nib.spatialimages.SpatialImage, path: str | os.PathLike[str]) -> Path:
+    """``nib.save`` to a temporary file in ``path``'s folder (same extension, so the same format
+    and compression), then ``os.replace``: readers never see a half-written image."""
+    path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = _atomic_target(path, suffix)
     os.close(fd)
