@@ -38,6 +38,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from crd.atomic import write_text_atomic
+
 __all__ = ["OPTIONS", "parse_size", "run_bench", "run_case", "COLUMNS"]
 
 #: option flags, each measured as a separate case next to the default fp32
@@ -358,10 +360,7 @@ def run_bench(
 
     table["ratio_to_hr"] = table.apply(ratio, axis=1) if len(table) else []
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    write_text_atomic(out, table.to_csv(index=False))
     configure_threads(threads)
     sidecar = {
         "kind": "bench",
@@ -378,7 +377,7 @@ def run_bench(
         "wall_s": time.perf_counter() - t_start,
         "baseline": BASELINE,
     }
-    out.with_suffix(".json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     return out
 
 

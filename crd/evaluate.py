@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from crd.data.layout import open_dataset, write_nifti, write_text_atomic
+from crd.atomic import write_text_atomic
+from crd.data.layout import open_dataset, write_nifti
 from crd.metrics import score_pair
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp

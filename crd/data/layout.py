@@ -13,10 +13,8 @@ zooms in millimetres in the same order. Registration pairs are ``(fixed, moving)
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+
+from crd.atomic import atomic_target, default_mode, write_text_atomic
 
 __all__ = [
     "SPLITS",
@@ -307,25 +307,6 @@ def open_dataset(root: str | os.PathLike[str], *, check_headers: bool = True) ->
 
 
 # -- writing ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def default_mode(directory: bool = False) -> int:
-    """Permission bits a plain ``open``/``mkdir`` would give (temp files are created 0600/0700)."""
-    return (0o777 if directory else 0o666) & ~_umask()
-
-
-def _atomic_target(path: Path, suffix: str) -> tuple[int, Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.chmod(tmp, default_mode())
-    return fd, Path(tmp)
-
-
 def write_nifti(
     path: str | os.PathLike[str],
     array: np.ndarray,
@@ -377,27 +358,8 @@ def save_image_atomic(img: nib.spatialimages.SpatialImage, path: str | os.PathLi
     and compression), then ``os.replace``: readers never see a half-written image."""
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = _atomic_target(path, suffix)
-    os.close(fd)
-    try:
+    with atomic_target(path, suffix) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = _atomic_target(path, ".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

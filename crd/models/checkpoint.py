@@ -10,14 +10,13 @@ A crd-bench checkpoint is a ``torch.save``'d dict::
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from crd.atomic import atomic_target
 from crd.errors import CheckpointError
 from crd.models.registration import build_model
 
@@ -32,16 +31,8 @@ DEFAULT_INPUT = {"intensity": "dataset images scaled to [0, 1]", "flow_channels"
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

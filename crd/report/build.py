@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +26,9 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
+
+from crd.atomic import write_text_atomic
+from crd.bench import COLUMNS
 
 __all__ = ["build_report", "load_table", "REQUIRED_COLUMNS", "PAIRS_OF_INTEREST"]
 
@@ -749,22 +751,7 @@ def _template() -> jinja2.Template:
     return env.from_string(text)
 
 
-def _write_atomic(out: Path, text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-BENCH_COLUMNS = ("size", "method", "options", "device", "metric", "value", "ratio_to_hr")
+BENCH_COLUMNS = COLUMNS  # the bench table crd.bench writes
 
 
 def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
@@ -938,5 +925,5 @@ def build_report(
         bench=_bench_section(bench) if bench is not None else None,
     )
     out = Path(out)
-    _write_atomic(out, html)
+    write_text_atomic(out, html)
     return out
