@@ -212,7 +212,7 @@ def train(
     distill = DistillationLoss(settings.flow_weight, settings.attention_weight)
     augment = RandomFFD(max_displacement=settings.augment_max_displacement, probability=settings.augment_probability)
     train_pairs = _PairSampler(dataset, "train", dev)
-    val_pairs = dataset.pairs_for("val")[: settings.val_pairs]
+    valset = _ValidationSet(dataset, dataset.pairs_for("val")[: settings.val_pairs], dev)
 
     run_id = _run_hash(
         {
@@ -279,7 +279,7 @@ def train(
                 "iteration": done,
                 "loss": loss,
                 **terms.parts,
-                **_validate(model, dataset, val_pairs, unsup, dev),
+                **_validate(model, valset, unsup),
             }
             history.append(record)
             log.info(
@@ -328,29 +328,39 @@ def train(
     return out
 
 
+class _ValidationSet:
+    """Validation pairs held in memory (read once): images as ``(1, 1, D, H, W)`` tensors on the
+    device, the moving label map as an int32 tensor, the fixed label map as a numpy array."""
+
+    def __init__(self, dataset: Dataset, pairs: list[tuple[str, str]], device: torch.device) -> None:
+        def image(s: str) -> torch.Tensor:
+            return torch.from_numpy(dataset.load_image(s))[None, None].to(device)
+
+        self.labels = sorted(dataset.labels)
+        self.items = [
+            (
+                image(f),
+                image(m),
+                torch.from_numpy(dataset.load_labels(m).astype(np.int32))[None, None].to(device),
+                dataset.load_labels(f),
+            )
+            for f, m in pairs
+        ]
+
+
 @torch.no_grad()
-def _validate(
-    model: nn.Module,
-    dataset: Dataset,
-    pairs: list[tuple[str, str]],
-    loss: UnsupervisedLoss,
-    device: torch.device,
-) -> dict[str, float]:
-    """Mean unsupervised loss and mean Dice (labels warped nearest) over ``pairs``."""
-    if not pairs:
+def _validate(model: nn.Module, valset: _ValidationSet, loss: UnsupervisedLoss) -> dict[str, float]:
+    """Mean unsupervised loss and mean Dice (labels warped nearest) over the validation pairs."""
+    if not valset.items:
         return {}
     from crd.metrics import dice_per_label
 
     model.eval()
     losses, dices = [], []
-    labels = sorted(dataset.labels)
-    for fixed_id, moving_id in pairs:
-        fixed = torch.from_numpy(dataset.load_image(fixed_id))[None, None].to(device)
-        moving = torch.from_numpy(dataset.load_image(moving_id))[None, None].to(device)
+    for fixed, moving, moving_lab, fixed_lab in valset.items:
         flow = model(fixed, moving)
         losses.append(float(loss(fixed, warp(moving, flow), flow).total))
-        moving_lab = torch.from_numpy(dataset.load_labels(moving_id).astype(np.int32))[None, None].to(device)
         warped_lab = warp(moving_lab, flow, mode="nearest")[0, 0].cpu().numpy()
-        per_label = dice_per_label(dataset.load_labels(fixed_id), warped_lab, labels)
+        per_label = dice_per_label(fixed_lab, warped_lab, valset.labels)
         dices.append(float(np.nanmean(list(per_label.values()))))
     return {"val_loss": float(np.mean(losses)), "val_dice": float(np.mean(dices))}
