@@ -45,7 +45,7 @@ def _load_settings(text: str | None) -> dict[str, Any]:
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML/JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"--settings must hold a mapping of train settings, got {type(value).__name__}")
+        raise ValueError(f"--settings/--options must hold a mapping (JSON object), got {type(value).__name__}")
     return value
 
 
@@ -89,6 +89,49 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     }
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v is not None}
     print(generate_synth(args.out, overwrite=args.overwrite, progress=not args.no_progress, **kwargs))
+
+
+def _pairs_arg(items: list[str] | None, flag: str) -> dict[str, str]:
+    """``FILE=VALUE`` arguments as a dict."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{flag} expects FILE=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _cmd_datasets(args: argparse.Namespace) -> None:
+    from crd.data.specs import SPECS
+
+    for name, spec in SPECS.items():
+        how = "bring your own: " + ", ".join(spec.own_files) if spec.bring_your_own else (
+            "download " + ", ".join(s.filename for s in spec.sources))
+        terms = " (accept_terms required)" if spec.requires_terms else ""
+        print(f"{name}: {spec.title}\n  {how}; {spec.disk}{terms}\n  licence: {spec.license}"
+              f"\n  pairs: {spec.protocol}")
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    from crd.data.prepare import download_dataset
+
+    paths = download_dataset(
+        args.dataset, args.folder, accept_terms=args.accept_terms,
+        urls=_pairs_arg(args.url, "--url"), checksums=_pairs_arg(args.checksum, "--checksum"),
+        progress=not args.no_progress, retries=args.retries,
+    )
+    for path in paths:
+        print(path)
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from crd.data.prepare import prepare_dataset
+
+    options = _load_settings(args.options) if args.options else {}
+    print(prepare_dataset(args.dataset, args.sources, args.out, options=options,
+                          threads=args.threads, progress=not args.no_progress,
+                          overwrite=args.overwrite))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -306,6 +349,29 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
+
+    ds = sub.add_parser("datasets", help="list the public datasets (sources, licences, pairs)")
+    ds.set_defaults(func=_cmd_datasets)
+
+    dl = sub.add_parser("download", help="download a public dataset's files (checksum-verified, resumable)")
+    dl.add_argument("dataset", help="dataset name (see `crd datasets`)")
+    dl.add_argument("folder", type=Path, help="folder for the downloaded files")
+    dl.add_argument("--accept-terms", action="store_true", help="accept the dataset's terms (oasis, lpba40)")
+    dl.add_argument("--url", action="append", metavar="FILE=URL", help="download FILE from a mirror")
+    dl.add_argument("--checksum", action="append", metavar="FILE=HASH", help="pin FILE's checksum (sha256:/md5:...)")
+    dl.add_argument("--retries", type=int, default=5, help="retries after a dropped connection (default 5)")
+    dl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dl.set_defaults(func=_cmd_download)
+
+    pr = sub.add_parser("prepare", help="preprocess downloaded files into the canonical layout")
+    pr.add_argument("dataset", help="dataset name (see `crd datasets`)")
+    pr.add_argument("sources", type=Path, help="folder holding the downloaded (or placed) files")
+    pr.add_argument("out", type=Path, help="dataset folder to write (canonical layout)")
+    pr.add_argument("--options", help="preprocess options: JSON object or a YAML/JSON file")
+    pr.add_argument("--threads", type=int, default=1, help="subjects processed at once (default 1)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_prepare)
 
     t = sub.add_parser("train", help="train a method's model")
     t.add_argument("--data", required=True, help="dataset folder (canonical layout)")

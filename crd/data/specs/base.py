@@ -1,0 +1,170 @@
+"""What every public dataset spec declares, and the pair protocols they share.
+
+A spec (one module per dataset in this package) is declarative where it can be (sources,
+checksums, licence, citation, labels, option defaults, pair protocol) and code where it must be
+(reading the archive's layout, the preprocessing recipe). :mod:`crd.data.prepare` drives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crd.data.download import Source
+from crd.errors import CrdError
+
+__all__ = [
+    "DatasetSpec",
+    "Subject",
+    "SpecError",
+    "inter_subject_pairs",
+    "atlas_pairs",
+    "split_subjects",
+]
+
+
+class SpecError(CrdError):
+    """Bad preprocessing options or a source that does not look like the dataset."""
+
+
+@dataclass
+class Subject:
+    """One preprocessed subject: ``image`` float32 ``(D, H, W)`` in [0, 1], ``labels`` integer
+    ``(D, H, W)`` on the same grid (0 = background), ``affine`` ``(4, 4)`` voxel-to-world (mm)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A public dataset: where it comes from, its terms, and how it becomes the canonical layout.
+
+    Attributes:
+        name: config key and folder name.
+        title: one line.
+        homepage: the maintainers' page.
+        license: the terms in one line (README and dataset.json).
+        citation: what to cite.
+        sources: the files to download (empty for bring-your-own datasets).
+        requires_terms: the config must say ``accept_terms: true`` before downloading.
+        own_files: bring-your-own: file names the user places in the dataset's ``path``.
+        instructions: bring-your-own: where to get those files.
+        labels: label value -> structure name, in the preprocessed label maps.
+        options: preprocessing options and their defaults (``preprocess:`` in the config).
+        option_help: one line per option.
+        protocol: how train/val/test pairs are formed, one line.
+        disk: disk space needed (download + prepared), for the README.
+        time: rough preparation time, for the README.
+        notes: what is confirmed and what is not about the sources (provenance).
+    """
+
+    name: str
+    title: str
+    homepage: str
+    license: str
+    citation: str
+    labels: Mapping[int, str]
+    options: Mapping[str, Any]
+    option_help: Mapping[str, str]
+    protocol: str
+    sources: tuple[Source, ...] = ()
+    requires_terms: bool = False
+    own_files: tuple[str, ...] = ()
+    instructions: str = ""
+    disk: str = ""
+    time: str = ""
+    notes: str = ""
+    intensity: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def bring_your_own(self) -> bool:
+        return not self.sources
+
+    def resolve_options(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The defaults updated with ``given``; an unknown key is a :class:`SpecError`."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise SpecError(
+                f"{self.name}: unknown preprocess option(s) {', '.join(unknown)}; valid: "
+                f"{', '.join(sorted(self.options))}"
+            )
+        return {**self.options, **given}
+
+    # -- what each dataset module implements ------------------------------------------------
+    def open(self, files: Mapping[str, Path]) -> Any:  # pragma: no cover - abstract
+        """The opened sources (archives, HDF5 files) from ``filename -> local path``."""
+        raise NotImplementedError
+
+    def subject_ids(self, src: Any, opts: Mapping[str, Any]) -> list[str]:  # pragma: no cover
+        """Every subject id found in the sources, sorted."""
+        raise NotImplementedError
+
+    def context(self, src: Any, ids: Sequence[str], opts: Mapping[str, Any]) -> dict[str, Any]:
+        """Dataset-wide quantities computed before the subjects (e.g. a common crop box)."""
+        return {}
+
+    def pairs(
+        self, src: Any, ids: Sequence[str], opts: Mapping[str, Any]
+    ) -> list[tuple[str, str, str]]:  # pragma: no cover - abstract
+        """``(split, fixed, moving)`` rows."""
+        raise NotImplementedError
+
+    def load(
+        self, src: Any, subject: str, opts: Mapping[str, Any], ctx: Mapping[str, Any]
+    ) -> Subject:  # pragma: no cover - abstract
+        """One subject, preprocessed."""
+        raise NotImplementedError
+
+
+def split_subjects(
+    ids: Sequence[str], n_val: int, n_test: int, *, seed: int | None = None, name: str = ""
+) -> tuple[list[str], list[str], list[str]]:
+    """``(train, val, test)`` subject lists: the ids sorted, shuffled by ``seed`` when given
+    (``numpy.random.default_rng(seed).permutation``, the same on every machine), then the last
+    ``n_test`` are test, the ``n_val`` before them validation, the rest training; each list sorted.
+    No subject is in two splits."""
+    ordered = sorted(ids)
+    if seed is not None:
+        ordered = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    if n_val < 0 or n_test < 2 or len(ordered) - n_val - n_test < 0:
+        raise SpecError(
+            f"{name}: cannot split {len(ordered)} subjects into val={n_val} and test={n_test} "
+            f"(test needs at least 2)"
+        )
+    n_train = len(ordered) - n_val - n_test
+    return (
+        sorted(ordered[:n_train]),
+        sorted(ordered[n_train : n_train + n_val]),
+        sorted(ordered[n_train + n_val :]),
+    )
+
+
+def _consecutive(split: str, ids: Sequence[str]) -> list[tuple[str, str, str]]:
+    return [(split, ids[i], ids[i + 1]) for i in range(len(ids) - 1)]
+
+
+def inter_subject_pairs(
+    train: Sequence[str], val: Sequence[str], test: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """Training: every ordered pair of training subjects. Validation and test: consecutive pairs
+    ``(s[i], s[i+1])`` of the sorted subjects (as Learn2Reg's OASIS pairs)."""
+    rows = [("train", f, m) for f in train for m in train if f != m]
+    return rows + _consecutive("val", val) + _consecutive("test", test)
+
+
+def atlas_pairs(
+    atlas: str, train: Sequence[str], val: Sequence[str], test: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """Atlas-based: the atlas is always fixed; every other subject of a split is moving once."""
+    rows: list[tuple[str, str, str]] = []
+    for split, ids in (("train", train), ("val", val), ("test", test)):
+        rows.extend((split, atlas, s) for s in ids if s != atlas)
+    return rows
