@@ -118,3 +118,69 @@ def test_tiny_end_to_end_run_then_nothing_to_do(tmp_path):
     assert "Efficiency" in report
     again = snakemake(tmp_path, TINY, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("configfile", "expected"),
+    [
+        ("config/paper.yaml", {"download": 4, "prepare": 4, "train": 20, "evaluate": 24}),
+        ("config/paper-own.yaml", {"download": 3, "prepare": 5, "train": 15, "evaluate": 30}),
+    ],
+)
+def test_paper_configs_dry_run_list_the_whole_dag(tmp_path, configfile, expected):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(REPO / configfile), "-n", "--cores", "8"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    for rule, count in expected.items():
+        assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
+    assert "synth" not in text  # a --configfile replaces config.yaml; nothing merged in
+
+
+def _public_config(**datasets):
+    return {**TINY, "datasets": datasets, "threads": {**TINY["threads"], "prepare": 2}}
+
+
+def test_download_and_prepare_rules_over_loopback(tmp_path):
+    import hashlib
+
+    from fake_archives import abdomenctct_zip
+    from http_server import serve
+
+    archive = abdomenctct_zip(tmp_path)
+    sha = "sha256:" + hashlib.sha256(archive.read_bytes()).hexdigest()
+    with serve({"/AbdomenCTCT.zip": archive.read_bytes()}) as srv:
+        config = _public_config(abdomen={
+            "source": "abdomenctct", "preprocess": {"val": 2},
+            "urls": {"AbdomenCTCT.zip": f"{srv.url}/AbdomenCTCT.zip"},
+            "checksums": {"AbdomenCTCT.zip": sha},
+        })
+        out = snakemake(tmp_path, config, "data/abdomen")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    from crd.data.layout import open_dataset
+
+    ds = open_dataset(tmp_path / "data" / "abdomen")
+    assert ds.info["checksums"] == {"AbdomenCTCT.zip": sha}
+    assert (tmp_path / "downloads" / "abdomen" / "AbdomenCTCT.zip").is_file()
+
+
+def test_terms_and_missing_files_stop_with_a_message(tmp_path):
+    config = _public_config(
+        oasis={"source": "oasis"},
+        lits={"source": "lits"},
+        sliver={"source": "sliver", "train_on": "lits", "path": str(tmp_path / "nowhere")},
+    )
+    out = snakemake(tmp_path, config, "data/oasis", "data/sliver", "--keep-going")
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "set `accept_terms: true` under datasets.oasis" in text
+    assert "sliver_val.h5 not found" in text and "datasets.sliver.path" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "data" / "sliver").exists()
+
+
+def test_test_only_sets_need_train_on(tmp_path):
+    out = snakemake(tmp_path, _public_config(sliver={"source": "sliver"}), "-n")
+    assert out.returncode != 0
+    assert "sliver is a test-only set; set train_on" in out.stdout + out.stderr

@@ -22,6 +22,7 @@ except (ConfigError, MethodError) as _exc:
 
 CRD = "python -m crd"
 DATA = config["data_root"]
+DOWNLOADS = config["downloads"]
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
 ENV = "../envs/crd.yaml"
@@ -44,6 +45,33 @@ def dataset_dir(dataset):
 
 def model_path(dataset, method):
     return f"{RESULTS}/{dataset}/models/{method}.pt"
+
+
+def trained_on(dataset):
+    """The dataset whose models evaluate `dataset` (itself, or its `train_on`)."""
+    return config["datasets"][dataset].get("train_on") or dataset
+
+
+def _check_datasets():
+    for name, spec in config["datasets"].items():
+        other = spec.get("train_on")
+        if other is not None and other not in config["datasets"]:
+            raise WorkflowError(
+                f"invalid configuration: datasets.{name}.train_on: {other!r} is not a dataset of "
+                f"this config ({', '.join(config['datasets'])})"
+            )
+        if other is not None and config["datasets"][other].get("train_on"):
+            raise WorkflowError(f"invalid configuration: datasets.{name}.train_on: {other!r} itself has train_on")
+        if spec["source"] in ("sliver", "lspig") and other is None:
+            raise WorkflowError(
+                f"invalid configuration: datasets.{name}: {spec['source']} is a test-only set; "
+                f"set train_on to the dataset whose models it evaluates (e.g. lits)"
+            )
+        if spec["source"] != "synth" and "generate" in spec:
+            raise WorkflowError(f"invalid configuration: datasets.{name}.generate applies to source synth only")
+
+
+_check_datasets()
 
 
 def eval_path(dataset, method, ext="csv"):

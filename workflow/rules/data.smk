@@ -28,3 +28,77 @@ rule generate_synth:
         ENV
     shell:
         "{CRD} generate synth {output} {params.args} --overwrite --no-progress > {log} 2>&1"
+
+
+# Public datasets: download (checksum-verified, resumable; partial files kept between runs) ->
+# prepare (one job per dataset, subjects in parallel). Bring-your-own sets (sliver, lspig) have no
+# download: their prepare job reads the files in `path` and, when missing, says where to get them.
+BRING_YOUR_OWN = ("sliver", "lspig")
+DOWNLOADED = [d for d, s in config["datasets"].items() if s["source"] not in ("synth", *BRING_YOUR_OWN)]
+PLACED = [d for d, s in config["datasets"].items() if s["source"] in BRING_YOUR_OWN]
+
+
+def source_dir(dataset):
+    return config["datasets"][dataset].get("path") or f"{DOWNLOADS}/{dataset}"
+
+
+def _file_args(dataset, key, flag):
+    import shlex
+
+    items = config["datasets"][dataset].get(key, {})
+    return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in sorted(items.items()))
+
+
+def _show_log_on_error(cmd):
+    """Run `cmd` with its output in {log}; on failure, print the log's end on stderr too, so the
+    job's message (e.g. what to download or accept) shows in Snakemake's output."""
+    return f"( {cmd} ) > {{log}} 2>&1 || {{{{ tail -n 5 {{log}} >&2; exit 1; }}}}"
+
+
+rule download:
+    output:
+        f"{DOWNLOADS}/{{dataset}}/download.done",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/download.log",
+    wildcard_constraints:
+        dataset=_alternatives(DOWNLOADED),
+    params:
+        folder=lambda wc: source_dir(wc.dataset),
+        source=lambda wc: config["datasets"][wc.dataset]["source"],
+        terms=lambda wc: "--accept-terms" if config["datasets"][wc.dataset]["accept_terms"] else "",
+        files=lambda wc: _file_args(wc.dataset, "urls", "--url") + " " + _file_args(wc.dataset, "checksums", "--checksum"),
+    threads: 1
+    resources:
+        mem_mb=mem_mb("download"),
+    conda:
+        ENV
+    shell:
+        _show_log_on_error(
+            "{CRD} download {params.source} {params.folder} {params.terms} {params.files} --no-progress"
+            " && touch {output}"
+        )
+
+
+rule prepare:
+    input:
+        lambda wc: [] if wc.dataset in PLACED else f"{DOWNLOADS}/{wc.dataset}/download.done",
+    output:
+        directory(f"{DATA}/{{dataset}}"),
+    log:
+        f"{RESULTS}/logs/{{dataset}}/prepare.log",
+    wildcard_constraints:
+        dataset=_alternatives(DOWNLOADED + PLACED),
+    params:
+        folder=lambda wc: source_dir(wc.dataset),
+        source=lambda wc: config["datasets"][wc.dataset]["source"],
+        options=lambda wc: json.dumps(config["datasets"][wc.dataset]["preprocess"], sort_keys=True),
+    threads: config["threads"]["prepare"]
+    resources:
+        mem_mb=mem_mb("prepare"),
+    conda:
+        ENV
+    shell:
+        _show_log_on_error(
+            "{CRD} prepare {params.source} {params.folder} {output} --options {params.options:q}"
+            " --threads {threads} --overwrite --no-progress"
+        )

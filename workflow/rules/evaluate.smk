@@ -7,7 +7,7 @@ rule evaluate:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
         checkpoint=lambda wc: (
-            model_path(wc.dataset, wc.method) if METHODS[wc.method].has_checkpoint else []
+            model_path(trained_on(wc.dataset), wc.method) if METHODS[wc.method].has_checkpoint else []
         ),
     output:
         table=eval_path("{dataset}", "{method}", "csv"),
