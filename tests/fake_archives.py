@@ -52,13 +52,14 @@ def _zip_bytes(members: dict[str, bytes]) -> bytes:
 OASIS_IDS = ["0001", "0002", "0004", "0005", "0006", "0007", "0009", "0010"]
 
 
-def oasis_tar(folder: Path, shape=(16, 20, 24)) -> Path:
+def oasis_tar(folder: Path, shape=(16, 20, 24), ids=None) -> Path:
     """neurite-oasis.v1.0.tar: subject folders at the top level, aligned_* files in [0, 1]."""
     rng = np.random.default_rng(0)
+    ids = OASIS_IDS if ids is None else ids
     affine = np.array([[-1, 0, 0, 80], [0, 0, 1, -112], [0, -1, 0, 96], [0, 0, 0, 1]], float)
-    members = {"subjects.txt": "".join(f"OASIS_OAS1_{i}_MR1\n" for i in OASIS_IDS).encode(),
+    members = {"subjects.txt": "".join(f"OASIS_OAS1_{i}_MR1\n" for i in ids).encode(),
                "seg35_labels.txt": b"0 Unknown\n", "seg4_labels.txt": b"0 Unknown\n"}
-    for sid in OASIS_IDS:
+    for sid in ids:
         labels = _blob_volume(rng, shape, 35)
         image = (labels / 35.0 * 0.8 + rng.normal(0, 0.02, shape)).clip(0, 1)
         d = f"OASIS_OAS1_{sid}_MR1"
@@ -80,14 +81,14 @@ def _analyze_pair(array, zooms):
 LPBA_IDS = [f"S{i:02d}" for i in range(1, 9)]
 
 
-def lpba40_zip(folder: Path, shape=(24, 14, 24)) -> Path:
+def lpba40_zip(folder: Path, shape=(24, 14, 24), n=len(LPBA_IDS)) -> Path:
     """The LPBA40 zip holding LPBA40subjects.delineation_space.zip holding Analyze pairs."""
     from crd.data.specs.lpba40 import LABELS
 
     rng = np.random.default_rng(1)
     values = np.array([0, *sorted(LABELS)])
     inner = {"LPBA40/delineation_space/lpba40.label.xml": b"<labels/>"}
-    for sid in LPBA_IDS:
+    for sid in [f"S{i:02d}" for i in range(1, n + 1)]:
         lab = _blob_volume(rng, shape, len(LABELS))
         labels = values[lab].astype(np.int16)
         image = np.where(lab > 0, 40 + lab * 2 + rng.normal(0, 3, shape), 0).astype(np.int16)
@@ -105,14 +106,14 @@ def lpba40_zip(folder: Path, shape=(24, 14, 24)) -> Path:
 LITS_IDS = list(range(7))
 
 
-def lits_tar(folder: Path, shape=(30, 30, 12)) -> Path:
+def lits_tar(folder: Path, shape=(30, 30, 12), n=len(LITS_IDS)) -> Path:
     """Task03_Liver.tar with dataset.json, imagesTr/labelsTr/imagesTs and macOS ._ junk."""
     rng = np.random.default_rng(2)
     # LPS-like, anisotropic: canonical() must reorient it
     affine = np.array([[-0.8, 0, 0, 100], [0, -0.8, 0, 120], [0, 0, 2.5, -300], [0, 0, 0, 1]])
     members = {}
     training = []
-    for i in LITS_IDS:
+    for i in range(n):
         lab = _blob_volume(rng, shape, 2)  # 1 liver, 2 tumour
         hu = np.where(lab > 0, 60 + 80 * (lab == 2), -900) + rng.normal(0, 10, shape)
         members[f"Task03_Liver/imagesTr/liver_{i}.nii.gz"] = _nifti_bytes(hu, affine, np.int16)
@@ -124,7 +125,7 @@ def lits_tar(folder: Path, shape=(30, 30, 12)) -> Path:
                                                                     np.int16)
     members["Task03_Liver/dataset.json"] = json.dumps({
         "name": "LiTS", "labels": {"0": "background", "1": "liver", "2": "cancer"},
-        "numTraining": len(LITS_IDS), "training": training, "test": ["./imagesTs/liver_132.nii.gz"],
+        "numTraining": n, "training": training, "test": ["./imagesTs/liver_132.nii.gz"],
     }).encode()
     return _tar(folder / "Task03_Liver.tar", members)
 
@@ -133,12 +134,12 @@ ABDOMEN_IDS = list(range(1, 9))
 ABDOMEN_VAL_PAIRS = [(1, 4), (1, 7), (4, 7)]
 
 
-def abdomenctct_zip(folder: Path, shape=(24, 20, 32), with_pairs=True) -> Path:
+def abdomenctct_zip(folder: Path, shape=(24, 20, 32), with_pairs=True, n=len(ABDOMEN_IDS)) -> Path:
     """AbdomenCTCT.zip: AbdomenCTCT/{AbdomenCTCT_dataset.json, imagesTr, labelsTr, imagesTs}."""
     rng = np.random.default_rng(3)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     members = {}
-    for i in ABDOMEN_IDS:
+    for i in range(1, max(n, 8) + 1):
         lab = _blob_volume(rng, shape, 13)
         hu = np.where(lab > 0, lab * 10, -1000) + rng.normal(0, 5, shape)
         name = f"AbdomenCTCT_{i:04d}_0000.nii.gz"

@@ -212,3 +212,12 @@ def test_pairs_csv_has_no_duplicates(prepared):
     for root in prepared.values():
         pairs = pd.read_csv(root / "pairs.csv")
         assert not pairs.duplicated().any()
+
+
+def test_a_split_without_pairs_is_refused():
+    from crd.data.specs.base import inter_subject_pairs
+
+    with pytest.raises(SpecError, match="1 val subject"):
+        inter_subject_pairs(["a", "b"], ["c"], ["d", "e"])
+    with pytest.raises(SpecError, match="1 train subject"):
+        inter_subject_pairs(["a"], [], ["d", "e"])

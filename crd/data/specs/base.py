@@ -155,7 +155,18 @@ def inter_subject_pairs(
     train: Sequence[str], val: Sequence[str], test: Sequence[str]
 ) -> list[tuple[str, str, str]]:
     """Training: every ordered pair of training subjects. Validation and test: consecutive pairs
-    ``(s[i], s[i+1])`` of the sorted subjects (as Learn2Reg's OASIS pairs)."""
+    ``(s[i], s[i+1])`` of the sorted subjects (as Learn2Reg's OASIS pairs).
+
+    Raises:
+        SpecError: fewer than 2 training subjects (no pair), or exactly 1 validation or test
+            subject (no pair: give 0 or at least 2 validation subjects).
+    """
+    for split, ids, minimum in (("train", train, 2), ("val", val, 0), ("test", test, 0)):
+        if len(ids) < minimum or len(ids) == 1:
+            raise SpecError(
+                f"{len(ids)} {split} subject(s) give no pair; inter-subject pairs need at least 2 "
+                f"(validation: 0 or at least 2)"
+            )
     rows = [("train", f, m) for f in train for m in train if f != m]
     return rows + _consecutive("val", val) + _consecutive("test", test)
 
