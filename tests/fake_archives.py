@@ -81,7 +81,7 @@ def _analyze_pair(array, zooms):
 LPBA_IDS = [f"S{i:02d}" for i in range(1, 9)]
 
 
-def lpba40_zip(folder: Path, shape=(24, 14, 24), n=len(LPBA_IDS)) -> Path:
+def lpba40_zip(folder: Path, shape=(24, 14, 24), n=8) -> Path:
     """The LPBA40 zip holding LPBA40subjects.delineation_space.zip holding Analyze pairs."""
     from crd.data.specs.lpba40 import LABELS
 
@@ -106,7 +106,7 @@ def lpba40_zip(folder: Path, shape=(24, 14, 24), n=len(LPBA_IDS)) -> Path:
 LITS_IDS = list(range(7))
 
 
-def lits_tar(folder: Path, shape=(30, 30, 12), n=len(LITS_IDS)) -> Path:
+def lits_tar(folder: Path, shape=(30, 30, 12), n=7) -> Path:
     """Task03_Liver.tar with dataset.json, imagesTr/labelsTr/imagesTs and macOS ._ junk."""
     rng = np.random.default_rng(2)
     # LPS-like, anisotropic: canonical() must reorient it
@@ -134,7 +134,7 @@ ABDOMEN_IDS = list(range(1, 9))
 ABDOMEN_VAL_PAIRS = [(1, 4), (1, 7), (4, 7)]
 
 
-def abdomenctct_zip(folder: Path, shape=(24, 20, 32), with_pairs=True, n=len(ABDOMEN_IDS)) -> Path:
+def abdomenctct_zip(folder: Path, shape=(24, 20, 32), with_pairs=True, n=8) -> Path:
     """AbdomenCTCT.zip: AbdomenCTCT/{AbdomenCTCT_dataset.json, imagesTr, labelsTr, imagesTs}."""
     rng = np.random.default_rng(3)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])

@@ -100,6 +100,17 @@ def test_lits_is_reoriented_cropped_and_windowed(prepared):
     assert np.all(np.diag(affine)[:3] > 0)  # RAS
     labels = ds.load_labels(ds.all_subjects()[0])
     assert set(np.unique(labels)) == {0, 1}  # tumour merged into the liver
+    # the miniature livers (~0.8 x 30 mm wide) fit the 40 mm box: nothing cropped
+    assert ds.info["preprocess_warnings"] == []
+
+
+def test_lits_says_when_the_box_crops_the_liver(prepared, tmp_path, capsys):
+    downloads = prepared["lits"].parent.parent / "downloads" / "lits"
+    small_box = {**SMALL["lits"], "box_mm": [10.0, 10.0, 10.0]}
+    ds = open_dataset(prepare_dataset("lits", downloads, tmp_path / "l", options=small_box,
+                                      progress=False))
+    assert ds.info["preprocess_warnings"] and "exceeds box_mm" in ds.info["preprocess_warnings"][0]
+    assert "warning:" in capsys.readouterr().err
 
 
 def test_abdomenctct_uses_learn2reg_pairs(prepared):
@@ -109,12 +120,15 @@ def test_abdomenctct_uses_learn2reg_pairs(prepared):
     assert ds.spacing == (2.0, 2.0, 2.0)
 
 
-def test_prepare_is_deterministic(prepared, tmp_path):
-    downloads = prepared["lits"].parent.parent / "downloads" / "lits"
-    again = prepare_dataset("lits", downloads, tmp_path / "lits", options=SMALL["lits"],
-                            threads=1, progress=False)
-    for rel in ("pairs.csv", "dataset.json", "images/liver_0.nii.gz", "labels/liver_3.nii.gz"):
-        assert (again / rel).read_bytes() == (prepared["lits"] / rel).read_bytes(), rel
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_prepare_is_deterministic(prepared, tmp_path, name):
+    downloads = prepared[name].parent.parent / "downloads" / name
+    again = prepare_dataset(name, downloads, tmp_path / name, options=SMALL[name], threads=1,
+                            progress=False)
+    files = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(prepared[name]) for p in prepared[name].rglob("*") if p.is_file())
+    for rel in files:
+        assert (again / rel).read_bytes() == (prepared[name] / rel).read_bytes(), rel
 
 
 def test_terms_must_be_accepted(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -171,16 +172,18 @@ def prepare_dataset(
             write_nifti(staging / "labels" / f"{subject}.nii.gz",
                         sub.labels.astype(np.int16), affine=sub.affine)
             spacing = tuple(float(s) for s in np.linalg.norm(sub.affine[:3, :3], axis=0))
-            return subject, tuple(sub.image.shape), spacing
+            for message in sub.warnings:
+                print(f"crd prepare {name}: warning: {message}", file=sys.stderr)
+            return subject, tuple(sub.image.shape), spacing, sub.warnings
 
         with ThreadPoolExecutor(max(1, threads)) as pool:
             done = list(tqdm(pool.map(one, needed), total=len(needed), desc=f"prepare {name}",
                              unit="subject", disable=not progress))
-        shapes = {s for _, s, _ in done}
+        shapes = {s for _, s, _, _ in done}
         if len(shapes) != 1:
             raise SpecError(f"{spec.name}: preprocessed subjects differ in shape: {sorted(shapes)}")
         spacing = np.asarray(done[0][2])
-        for subject, _, sp in done:
+        for subject, _, sp, _ in done:
             if not np.allclose(sp, spacing, rtol=_SPACING_RTOL, atol=0):
                 raise SpecError(f"{spec.name}: {subject} has voxel spacing {sp} mm, "
                                 f"{done[0][0]} has {tuple(spacing)} mm")
@@ -199,6 +202,7 @@ def prepare_dataset(
             generator={"dataset": name, "options": opts, "protocol": spec.protocol},
             intensity=spec.intensity,
             provenance=spec.notes,
+            preprocess_warnings=[w for *_, ws in done for w in ws],
             **spec.extra,
         ))
         if out.exists():

@@ -34,11 +34,13 @@ class SpecError(CrdError):
 @dataclass
 class Subject:
     """One preprocessed subject: ``image`` float32 ``(D, H, W)`` in [0, 1], ``labels`` integer
-    ``(D, H, W)`` on the same grid (0 = background), ``affine`` ``(4, 4)`` voxel-to-world (mm)."""
+    ``(D, H, W)`` on the same grid (0 = background), ``affine`` ``(4, 4)`` voxel-to-world (mm);
+    ``warnings``: what the preprocessing had to compromise on (recorded in ``dataset.json``)."""
 
     image: np.ndarray
     labels: np.ndarray
     affine: np.ndarray
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

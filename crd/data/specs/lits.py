@@ -64,11 +64,17 @@ class _Lits(DatasetSpec):
         except ValueError:
             raise SpecError(f"{src.label}: {subject}: the label map has no liver") from None
         centre = (lo + hi) / 2.0
+        spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+        extent = (hi - lo + 1) * spacing
+        warnings = []
+        if np.any(extent > np.asarray(opts["box_mm"], dtype=float)):
+            warnings.append(f"{subject}: liver extent {np.round(extent).tolist()} mm exceeds "
+                            f"box_mm {opts['box_mm']}; its ends are cropped")
         hu, affine = resample_box(np.asarray(img.dataobj, dtype=np.float32), img.affine, centre,
                                   opts["box_mm"], opts["shape"], order=1, fill=AIR_HU)
         labels, _ = resample_box(liver.astype(np.int16), img.affine, centre, opts["box_mm"],
                                  opts["shape"], order=0)
-        return Subject(window(hu, *opts["window"]), labels, affine)
+        return Subject(window(hu, *opts["window"]), labels, affine, warnings)
 
 
 SPEC = _Lits(
