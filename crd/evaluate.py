@@ -66,8 +66,10 @@ def evaluate(
     dev = select_device(device)
     n_threads = configure_threads(threads)
     dataset = open_dataset(data)
+    trained_on = None
     if checkpoint is not None:
-        model, _ = load_model(Path(checkpoint), dev)
+        model, payload = load_model(Path(checkpoint), dev)
+        trained_on = (payload.get("training") or {}).get("dataset")
     elif model_config is not None:
         model = build_model(model_config).to(dev).eval()
     else:
@@ -143,6 +145,8 @@ def evaluate(
         "split": split,
         "n_pairs": len(pairs),
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "trained_on": trained_on,
+        "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
         "model": getattr(model, "config", model_config),
         "params": n_params,
         **device_description(dev),

@@ -184,3 +184,35 @@ def test_test_only_sets_need_train_on(tmp_path):
     out = snakemake(tmp_path, _public_config(sliver={"source": "sliver"}), "-n")
     assert out.returncode != 0
     assert "sliver is a test-only set; set train_on" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_test_only_set_is_scored_with_the_models_of_train_on(tmp_path):
+    import hashlib
+
+    import fake_archives as fake
+
+    (tmp_path / "downloads" / "lits").mkdir(parents=True)
+    tar = fake.lits_tar(tmp_path / "downloads" / "lits", n=6)  # placed by hand: no download
+    (tmp_path / "byo").mkdir()
+    fake.rcn_h5(tmp_path / "byo" / "lspig_val.h5",
+                ["p1_aftergas", "p1_pregas", "p2_aftergas", "p2_pregas"], shape=(32, 32, 32))
+    config = {
+        **_public_config(
+            lits={"source": "lits", "checksums": {tar.name: "sha256:" + hashlib.sha256(tar.read_bytes()).hexdigest()},
+                  "preprocess": {"shape": [32, 32, 32], "box_mm": [40, 40, 40], "val": 0, "test": 2}},
+            lspig={"source": "lspig", "train_on": "lits", "path": str(tmp_path / "byo")},
+        ),
+        "methods": ["identity", "lr"],
+    }
+    out = snakemake(tmp_path, config)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert not (tmp_path / "results" / "lspig" / "models").exists()  # nothing trained on lspig
+    table = pd.read_csv(tmp_path / "results" / "lspig" / "eval" / "lr.csv")
+    table = table.dropna(subset=["fixed"])  # per-pair rows (params etc. have no pair)
+    assert set(zip(table.fixed, table.moving, strict=True)) == {
+        ("p1_pregas", "p1_aftergas"), ("p1_aftergas", "p1_pregas"),
+        ("p2_pregas", "p2_aftergas"), ("p2_aftergas", "p2_pregas")}
+    report = (tmp_path / "results" / "report.html").read_text()
+    assert "models trained on another dataset (train_on): lr on lits." in report
+    assert "HD95 and ASSD are in voxels, not mm" in report

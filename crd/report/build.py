@@ -863,6 +863,17 @@ def build_report(
         by_name = {s.method: s for s in summaries}
         base = by_name.get(baseline)
         notes = [f"{s.method}: {n}" for s in summaries for n in s.notes]
+        elsewhere = sorted({
+            f"{t.method} on {t.sidecar['trained_on']}"
+            for t in ts
+            if t.sidecar.get("trained_on") not in (None, name)
+        })
+        if elsewhere:
+            notes.append("models trained on another dataset (train_on): " + ", ".join(elsewhere) + ".")
+        if any(t.sidecar.get("distance_unit") == "voxel" for t in ts):
+            notes.append(
+                "this dataset's files carry no voxel spacing: HD95 and ASSD are in voxels, not mm."
+            )
         pair_sets = {frozenset(s.pairs) for s in summaries if s.pairs}
         if len(pair_sets) > 1:
             notes.append(
