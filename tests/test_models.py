@@ -160,3 +160,16 @@ def test_backbone_conv_matches_torch_conv3d_in_inference_and_training():
     out = ours(x.requires_grad_(True))  # autograd: torch's own dispatch, gradients flow
     out.sum().backward()
     assert ours.weight.grad is not None and x.grad is not None
+
+
+def test_models_trace_under_torch_compile():
+    """torch.compile (dynamo) must trace the CPU convolution dispatch (bench --compile)."""
+    from crd.models.registration import build_model
+
+    model = build_model({"kind": "lowres", "width": 0.25, "factor": 2}).eval()
+    fixed, moving = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = model(fixed, moving)
+        torch._dynamo.reset()
+        traced = torch.compile(model, backend="eager", fullgraph=True)(fixed, moving)
+    torch.testing.assert_close(traced, expected, rtol=1e-4, atol=1e-5)

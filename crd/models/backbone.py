@@ -43,8 +43,8 @@ class Conv3d(nn.Conv3d):
     ``N * C * D * H < 20480`` to its slow reference kernel: the 2-channel first layer of the x2
     student at 160x192x224 (80x96x112) takes 104 ms there and 35 ms in oneDNN (2 cores), and the
     coarse decoder layers of every model are affected likewise. Same maths; the sums' rounding
-    differs (~1e-6 relative). Training (autograd), autocast, other dtypes and memory formats keep
-    PyTorch's own dispatch."""
+    differs (~1e-6 relative). Training (autograd), autocast, ``torch.compile``, other dtypes and
+    memory formats keep PyTorch's own dispatch."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if (
@@ -60,6 +60,7 @@ class Conv3d(nn.Conv3d):
             and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
             and not _autocast_on("cpu")
+            and not _compiling()
         ):
             return torch.mkldnn_convolution(
                 input, weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
@@ -68,6 +69,13 @@ class Conv3d(nn.Conv3d):
 
 
 _MKLDNN = hasattr(torch, "mkldnn_convolution")
+
+
+def _compiling() -> bool:
+    """Under ``torch.compile`` the standard convolution is traced (inductor picks its own kernel;
+    ``torch.mkldnn_convolution`` cannot be traced)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def conv3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv3d:
