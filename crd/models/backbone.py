@@ -48,7 +48,8 @@ class Conv3d(nn.Conv3d):
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if (
-            input.device.type == "cpu"
+            not _compiling()  # first: dynamo must not trace the checks below
+            and input.device.type == "cpu"
             and input.dtype == torch.float32
             and weight.dtype == torch.float32
             and bias is not None
@@ -60,7 +61,6 @@ class Conv3d(nn.Conv3d):
             and torch.backends.mkldnn.enabled
             and not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
             and not _autocast_on("cpu")
-            and not _compiling()
         ):
             return torch.mkldnn_convolution(
                 input, weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
