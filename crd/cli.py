@@ -111,6 +111,8 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
         terms = " (accept_terms required)" if spec.requires_terms else ""
         print(f"{name}: {spec.title}\n  {how}; {spec.disk}{terms}\n  licence: {spec.license}"
               f"\n  pairs: {spec.protocol}")
+        for key, default in spec.options.items():
+            print(f"  option {key} (default {default}): {spec.option_help.get(key, '')}")
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
@@ -367,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("dataset", help="dataset name (see `crd datasets`)")
     pr.add_argument("sources", type=Path, help="folder holding the downloaded (or placed) files")
     pr.add_argument("out", type=Path, help="dataset folder to write (canonical layout)")
-    pr.add_argument("--options", help="preprocess options: JSON object or a YAML/JSON file")
+    pr.add_argument("--options", help="preprocess options (`crd datasets` lists them): JSON object or YAML/JSON file")
     pr.add_argument("--threads", type=int, default=1, help="subjects processed at once (default 1)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")

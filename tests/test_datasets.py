@@ -235,3 +235,22 @@ def test_a_split_without_pairs_is_refused():
         inter_subject_pairs(["a", "b"], ["c"], ["d", "e"])
     with pytest.raises(SpecError, match="1 train subject"):
         inter_subject_pairs(["a"], [], ["d", "e"])
+
+
+def test_cli_datasets_download_prepare(archives, tmp_path, capsys):
+    from crd.cli import main
+
+    assert main(["datasets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(f"{name}: " in listing for name in SPECS) and "option box_mm" in listing
+    assert main(["download", "oasis", str(tmp_path / "dl")]) == 2
+    assert "accept_terms: true" in capsys.readouterr().err
+    path = archives["abdomenctct"]
+    with serve({"/a.zip": path.read_bytes()}) as srv:
+        assert main(["download", "abdomenctct", str(tmp_path / "dl"), "--no-progress",
+                     "--url", f"{path.name}={srv.url}/a.zip", "--checksum", f"{path.name}={_sha(path)}"]) == 0
+    assert main(["prepare", "abdomenctct", str(tmp_path / "dl"), str(tmp_path / "out"),
+                 "--options", '{"val": 2}', "--no-progress"]) == 0
+    assert open_dataset(tmp_path / "out").pairs_for("test")
+    assert main(["prepare", "abdomenctct", str(tmp_path / "dl"), str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err
