@@ -168,3 +168,21 @@ def rcn_h5(path: Path, ids: list[str], shape=(16, 16, 16)) -> Path:
             g["volume"] = (lab * 150 + rng.integers(0, 50, shape)).astype(np.uint8)
             g["segmentation"] = (lab * 255).astype(np.uint8)
     return path
+
+
+def sliver07_originals(folder: Path, n=3, shape=(40, 36, 14)) -> Path:
+    """SLIVER07's original training scans: liver-orig00N.mhd/.raw (CT, HU) and liver-seg00N.mhd/
+    .raw (liver 1), MetaImage with spacing, origin and direction (LPS), written by SimpleITK."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(5)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, n + 1):
+        lab = _blob_volume(rng, shape, 1).astype(np.uint8)
+        hu = (np.where(lab > 0, 80, -900) + rng.normal(0, 10, shape)).astype(np.int16)
+        for name, array in ((f"liver-orig{i:03d}.mhd", hu), (f"liver-seg{i:03d}.mhd", lab)):
+            image = sitk.GetImageFromArray(array.transpose(2, 1, 0))  # (x, y, z) -> ITK's (z, y, x)
+            image.SetSpacing((0.7, 0.7, 2.5))
+            image.SetOrigin((-120.0, -90.0, 300.0))
+            sitk.WriteImage(image, str(folder / name), useCompression=False)
+    return folder

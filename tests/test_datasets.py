@@ -254,3 +254,22 @@ def test_cli_datasets_download_prepare(archives, tmp_path, capsys):
     assert open_dataset(tmp_path / "out").pairs_for("test")
     assert main(["prepare", "abdomenctct", str(tmp_path / "dl"), str(tmp_path / "out")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_sliver_from_the_original_scans(tmp_path):
+    folder = fake.sliver07_originals(tmp_path / "sliver07")
+    assert sorted(p.suffix for p in folder.iterdir()) == [".mhd"] * 6 + [".raw"] * 6
+    options = {"shape": [16, 16, 16], "box_mm": [40.0, 40.0, 40.0]}
+    ds = open_dataset(prepare_dataset("sliver", folder, tmp_path / "out", options=options,
+                                      progress=False))
+    assert ds.all_subjects() == ["liver-001", "liver-002", "liver-003"]
+    assert len(ds.pairs_for("test")) == 6
+    assert np.allclose(ds.spacing, 40.0 / 15) and ds.info["spacing_unit"] == "mm"
+    assert len(ds.info["checksums"]) == 12  # every .mhd and .raw used
+    affine = ds.load_affine("liver-001")
+    assert np.all(np.diag(affine)[:3] > 0)  # LPS MetaImage -> RAS
+    labels = ds.load_labels("liver-002")
+    assert set(np.unique(labels)) == {0, 1}
+    image = ds.load_image("liver-002")
+    # HU window: liver (80 HU) -> 0.36, air -> 0 (edges blurred by the anti-aliasing)
+    assert np.median(image[labels == 1]) > 0.3 and np.median(image[labels == 0]) == 0.0

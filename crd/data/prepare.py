@@ -94,10 +94,7 @@ def download_dataset(
     spec = get_spec(name)
     folder = Path(folder)
     if spec.bring_your_own:
-        missing = [f for f in spec.own_files if not (folder / f).is_file()]
-        if missing:
-            raise MissingSourceError(_byo_message(spec, folder, missing))
-        return [folder / f for f in spec.own_files]
+        return list(_source_files(spec, folder).values())
     if spec.requires_terms and not accept_terms:
         raise TermsError(_terms_message(spec))
     return [fetch(s, folder, progress=progress, retries=retries)
@@ -105,10 +102,13 @@ def download_dataset(
 
 
 def _source_files(spec: DatasetSpec, folder: Path) -> dict[str, Path]:
-    names = spec.own_files if spec.bring_your_own else tuple(s.filename for s in spec.sources)
+    if spec.bring_your_own:
+        found = spec.own_sources(folder)
+        if found is None:
+            raise MissingSourceError(_byo_message(spec, folder, list(spec.own_files)))
+        return found
+    names = tuple(s.filename for s in spec.sources)
     missing = [n for n in names if not (folder / n).is_file()]
-    if missing and spec.bring_your_own:
-        raise MissingSourceError(_byo_message(spec, folder, missing))
     if missing:
         raise MissingSourceError(
             f"{spec.name}: {', '.join(str(folder / m) for m in missing)} not found; run "
@@ -202,6 +202,7 @@ def prepare_dataset(
             generator={"dataset": name, "options": opts, "protocol": spec.protocol},
             intensity=spec.intensity,
             provenance=spec.notes,
+            spacing_unit=getattr(src, "spacing_unit", "mm"),
             preprocess_warnings=[w for *_, ws in done for w in ws],
             **spec.extra,
         ))

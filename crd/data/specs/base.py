@@ -100,6 +100,12 @@ class DatasetSpec:
             )
         return {**self.options, **given}
 
+    def own_sources(self, folder: Path) -> dict[str, Path] | None:
+        """Bring-your-own: the files to read in ``folder`` (``file name -> path``), or ``None``
+        when they are not all there. Default: every name in ``own_files``."""
+        paths = {n: Path(folder) / n for n in self.own_files}
+        return paths if all(p.is_file() for p in paths.values()) else None
+
     # -- what each dataset module implements ------------------------------------------------
     def open(self, files: Mapping[str, Path]) -> Any:  # pragma: no cover - abstract
         """The opened sources (archives, HDF5 files) from ``filename -> local path``."""

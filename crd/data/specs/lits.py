@@ -53,28 +53,42 @@ class _Lits(DatasetSpec):
         return inter_subject_pairs(train, val, test)
 
     def load(self, src: Archive, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
-        img = canonical(src.load_nifti(f"Task03_Liver/imagesTr/{subject}.nii.gz"))
-        seg = canonical(src.load_nifti(f"Task03_Liver/labelsTr/{subject}.nii.gz"))
-        liver = np.asarray(seg.dataobj) > 0  # tumour merged into the liver
-        if liver.shape != img.shape:
-            raise SpecError(f"{src.label}: {subject}: image {img.shape} and label map "
-                            f"{liver.shape} differ in shape")
-        try:
-            lo, hi = foreground_box(liver)
-        except ValueError:
-            raise SpecError(f"{src.label}: {subject}: the label map has no liver") from None
-        centre = (lo + hi) / 2.0
-        spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
-        extent = (hi - lo + 1) * spacing
-        warnings = []
-        if np.any(extent > np.asarray(opts["box_mm"], dtype=float)):
-            warnings.append(f"{subject}: liver extent {np.round(extent).tolist()} mm exceeds "
-                            f"box_mm {opts['box_mm']}; its ends are cropped")
-        hu, affine = resample_box(np.asarray(img.dataobj, dtype=np.float32), img.affine, centre,
-                                  opts["box_mm"], opts["shape"], order=1, fill=AIR_HU)
-        labels, _ = resample_box(liver.astype(np.int16), img.affine, centre, opts["box_mm"],
-                                 opts["shape"], order=0)
-        return Subject(window(hu, *opts["window"]), labels, affine, warnings)
+        img = src.load_nifti(f"Task03_Liver/imagesTr/{subject}.nii.gz")
+        seg = src.load_nifti(f"Task03_Liver/labelsTr/{subject}.nii.gz")
+        return liver_box(img, seg, opts, f"{src.label}: {subject}")
+
+
+def liver_box(img, seg, opts: Mapping[str, Any], label: str) -> Subject:
+    """The liver CT recipe (shared with SLIVER07's original scans): reorient to RAS, liver =
+    every non-zero label, centre a ``box_mm`` box on the liver's bounding box, sample it to
+    ``shape`` (trilinear, anti-aliased; labels nearest; air outside the scan), window to
+    ``window`` HU -> [0, 1]. A liver larger than the box is cropped and a warning recorded.
+
+    Args:
+        img, seg: nibabel images (CT in HU, label map) on the same grid.
+        opts: ``shape``, ``box_mm``, ``window``.
+        label: names the scan in messages.
+    """
+    img, seg = canonical(img), canonical(seg)
+    liver = np.asarray(seg.dataobj) > 0  # tumour merged into the liver
+    if liver.shape != img.shape:
+        raise SpecError(f"{label}: image {img.shape} and label map {liver.shape} differ in shape")
+    try:
+        lo, hi = foreground_box(liver)
+    except ValueError:
+        raise SpecError(f"{label}: the label map has no liver") from None
+    centre = (lo + hi) / 2.0
+    spacing = np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0)
+    extent = (hi - lo + 1) * spacing
+    warnings = []
+    if np.any(extent > np.asarray(opts["box_mm"], dtype=float)):
+        warnings.append(f"{label.rsplit(': ', 1)[-1]}: liver extent {np.round(extent).tolist()} mm "
+                        f"exceeds box_mm {opts['box_mm']}; its ends are cropped")
+    hu, affine = resample_box(np.asarray(img.dataobj, dtype=np.float32), img.affine, centre,
+                              opts["box_mm"], opts["shape"], order=1, fill=AIR_HU)
+    labels, _ = resample_box(liver.astype(np.int16), img.affine, centre, opts["box_mm"],
+                             opts["shape"], order=0)
+    return Subject(window(hu, *opts["window"]), labels, affine, warnings)
 
 
 SPEC = _Lits(

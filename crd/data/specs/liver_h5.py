@@ -3,16 +3,19 @@
 Both need registration with their providers, so crd-bench cannot download them. It reads the
 preprocessed HDF5 files of the recursive cascaded networks (RCN) release, which the CRD paper's
 liver experiments follow: one group per scan, each with ``volume`` (128^3, 0..255) and
-``segmentation`` (128^3, liver = values above 128)::
+``segmentation`` (128^3, liver = values above 128); for SLIVER it also reads the original
+SLIVER07 scans (``liver-orig001.mhd`` + ``liver-seg001.mhd`` ..., MetaImage, read with
+SimpleITK), which it prepares with the ``lits`` recipe (RAS, a ``box_mm`` box centred on the
+liver, ``shape``, HU ``window``), so distances stay in millimetres::
 
     sliver_val.h5   SLIVER07 training scans, e.g. groups "1", "2", ...
     lspig_val.h5    17 pigs, pre/after-gas scans, e.g. "2017_02_pregas", "2017_02_aftergas"
 
-The files carry no voxel spacing (RCN stretched each liver crop to 128^3), so distances (HD95) are
-in voxel units, as ``dataset.json`` says. Both sets are for testing only (every pair is a test
-pair); the models come from the dataset named by ``train_on`` in the config (``lits`` in the
-paper-scale configurations). SLIVER: every ordered pair of scans. LSPIG: the pre-gas and after-gas
-scans of the same pig, in both directions.
+The HDF5 files carry no voxel spacing (RCN stretched each liver crop to 128^3), so distances
+(HD95) are then in voxel units, as ``dataset.json`` says (``spacing_unit``). Both sets are for
+testing only (every pair is a test pair); the models come from the dataset named by
+``train_on`` in the config (``lits`` in the paper-scale configurations). SLIVER: every ordered
+pair of scans. LSPIG: the pre-gas and after-gas scans of the same pig, in both directions.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ _PIG = re.compile(r"^(.+)_(pregas|aftergas)$")
 
 class _H5Scans:
     """The groups of one RCN HDF5 file (thread-safe: h5py serialises access)."""
+
+    spacing_unit = "voxel"
 
     def __init__(self, path: Path) -> None:
         import h5py
@@ -59,9 +64,78 @@ class _H5Scans:
         self.file.close()
 
 
+_ORIG = re.compile(r"^liver-orig(\d+)\.mhd$")
+
+
+def _read_metaimage(path: Path):
+    """A MetaImage (``.mhd`` + data file) as a nibabel image in RAS world coordinates (mm)."""
+    try:
+        import SimpleITK as sitk
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise SpecError(f"{path}: reading MetaImage needs SimpleITK (pip install SimpleITK)") from None
+    import nibabel as nib
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise SpecError(f"{path}: cannot read as MetaImage ({str(exc).strip().splitlines()[-1]})") from None
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # ITK index order (i, j, k)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)[None, :]
+    lps[:3, 3] = image.GetOrigin()
+    return nib.Nifti1Image(array, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)  # LPS -> RAS
+
+
+class _MhdScans:
+    """SLIVER07's original scans in one folder: ``liver-orig<N>.mhd`` with ``liver-seg<N>.mhd``."""
+
+    spacing_unit = "mm"
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self.files = dict(files)
+        self.label = str(next(iter(files.values())).parent)
+
+    def ids(self) -> list[str]:
+        return sorted(f"liver-{m.group(1)}" for n in self.files if (m := _ORIG.match(n)))
+
+    def scan(self, subject: str):
+        number = subject.split("-", 1)[1]
+        return (_read_metaimage(self.files[f"liver-orig{number}.mhd"]),
+                _read_metaimage(self.files[f"liver-seg{number}.mhd"]))
+
+    def close(self) -> None:
+        pass
+
+
+def _mhd_data_files(header: Path) -> list[Path]:
+    """The ``.mhd`` and the data file its ``ElementDataFile`` names (when it is one file)."""
+    for line in header.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ElementDataFile" and value.strip() not in ("LOCAL", "") \
+                and " " not in value.strip():
+            return [header, header.parent / value.strip()]
+    return [header]
+
+
 class _RcnLiver(DatasetSpec):
-    def open(self, files: Mapping[str, Path]) -> _H5Scans:
-        return _H5Scans(files[self.own_files[0]])
+    def open(self, files: Mapping[str, Path]) -> _H5Scans | _MhdScans:
+        if self.own_files[0] in files:
+            return _H5Scans(files[self.own_files[0]])
+        return _MhdScans(files)
+
+    def own_sources(self, folder: Path) -> dict[str, Path] | None:
+        found = super().own_sources(folder)
+        if found is not None or self.name != "sliver":
+            return found
+        folder = Path(folder)
+        pairs = [(p, folder / p.name.replace("liver-orig", "liver-seg"))
+                 for p in sorted(folder.glob("liver-orig*.mhd"))]
+        pairs = [(o, s) for o, s in pairs if s.is_file()]
+        if len(pairs) < 2:
+            return None
+        files = [f for o, s in pairs for f in (*_mhd_data_files(o), *_mhd_data_files(s))]
+        return {f.name: f for f in files if f.is_file()}
 
     def subject_ids(self, src: _H5Scans, opts: Mapping[str, Any]) -> list[str]:
         ids = src.ids()
@@ -86,7 +160,12 @@ class _RcnLiver(DatasetSpec):
             return rows
         return [("test", f, m) for f in ids for m in ids if f != m]
 
-    def load(self, src: _H5Scans, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
+    def load(self, src: _H5Scans | _MhdScans, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
+        if isinstance(src, _MhdScans):
+            from crd.data.specs.lits import liver_box
+
+            image, seg = src.scan(subject)
+            return liver_box(image, seg, opts, f"{src.label}: {subject}")
         volume, seg = src.scan(subject)
         image = np.clip(volume.astype(np.float32) / 255.0, 0.0, 1.0)
         labels = (seg.astype(np.float32) > 128).astype(np.int16)
@@ -101,7 +180,6 @@ _COMMON = dict(
     intensity="volume / 255 (RCN's preprocessing: liver crop, window, 128^3)",
     disk="0.1 GB",
     time="seconds",
-    extra={"spacing_unit": "voxel"},
 )
 
 SLIVER = _RcnLiver(
@@ -113,12 +191,24 @@ SLIVER = _RcnLiver(
     "CT datasets, IEEE TMI 2009; Zhao et al., Recursive Cascaded Networks, ICCV 2019",
     own_files=("sliver_val.h5",),
     instructions=(
-        "Register at https://sliver07.grand-challenge.org, then get sliver_val.h5 from the "
-        f"recursive cascaded networks' dataset links ({_RCN})."
+        "Register at https://sliver07.grand-challenge.org, then either get sliver_val.h5 from "
+        f"the recursive cascaded networks' dataset links ({_RCN}), or place the original "
+        "training scans (liver-orig001.mhd + .raw, liver-seg001.mhd + .raw, ...)."
     ),
     protocol="test only: every ordered pair of scans (models from `train_on`)",
-    notes="HDF5 layout from RCN's data_util/liver.py; no checksum published.",
-    **_COMMON,
+    notes="HDF5 layout from RCN's data_util/liver.py; originals read as MetaImage; no checksum "
+    "published.",
+    labels={1: "liver"},
+    options={"shape": [128, 128, 128], "box_mm": [256.0, 256.0, 256.0], "window": [-25.0, 265.0]},
+    option_help={
+        "shape": "original scans only: output size (D, H, W), as lits",
+        "box_mm": "original scans only: box centred on the liver, mm, as lits",
+        "window": "original scans only: HU window mapped to [0, 1], as lits",
+    },
+    intensity="sliver_val.h5: volume / 255 (RCN's preprocessing); original scans: the lits "
+    "recipe (HU window [-25, 265] -> [0, 1] in a 256 mm box on the liver)",
+    disk="0.1 GB (h5) or 0.7 GB (originals)",
+    time="seconds to a minute",
 )
 
 LSPIG = _RcnLiver(
