@@ -71,7 +71,7 @@ def oasis_tar(folder: Path, shape=(16, 20, 24), ids=None) -> Path:
 
 
 def _analyze_pair(array, zooms):
-    img = nib.AnalyzeImage(np.asarray(array), np.diag([*zooms, 1.0]))
+    img = nib.AnalyzeImage(np.asarray(array), np.diag([*zooms[:3], 1.0]))
     img.header.set_zooms(zooms)
     fm = img.make_file_map({"header": io.BytesIO(), "image": io.BytesIO()})
     img.to_file_map(fm)
@@ -93,8 +93,10 @@ def lpba40_zip(folder: Path, shape=(24, 14, 24), n=8) -> Path:
         labels = values[lab].astype(np.int16)
         image = np.where(lab > 0, 40 + lab * 2 + rng.normal(0, 3, shape), 0).astype(np.int16)
         d = f"LPBA40/delineation_space/{sid}/{sid}.delineation"
+        if sid == "S03":  # some Analyze headers carry a trailing time axis of length 1
+            image = image[..., None]
         inner[f"{d}.skullstripped.hdr"], inner[f"{d}.skullstripped.img.gz"] = _analyze_pair(
-            image, (0.86, 1.5, 0.86))
+            image, (0.86, 1.5, 0.86, 1.0)[: image.ndim])
         inner[f"{d}.structure.label.hdr"], inner[f"{d}.structure.label.img.gz"] = _analyze_pair(
             labels, (0.86, 1.5, 0.86))
     outer = _zip_bytes({"LPBA40subjects.delineation_space.zip": _zip_bytes(inner)})

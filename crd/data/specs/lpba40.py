@@ -54,6 +54,16 @@ def _paths(subject: str, kind: str) -> tuple[str, str]:
     return f"{stem}.hdr", f"{stem}.img.gz"
 
 
+def _volume(img, label: str) -> np.ndarray:
+    """The image data as a 3-D array (Analyze headers may carry a trailing time axis of 1)."""
+    data = np.asarray(img.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise SpecError(f"{label}: expected a 3-D volume, got shape {data.shape}")
+    return data
+
+
 class _Lpba40(DatasetSpec):
     def open(self, files: Mapping[str, Path]) -> Archive:
         outer = Archive(files[self.sources[0].filename])
@@ -84,7 +94,7 @@ class _Lpba40(DatasetSpec):
         lows, highs, affine = [], [], None
         for subject in ids:
             img = self._image(src, subject)
-            lo, hi = foreground_box(np.asarray(img.dataobj) > 0)
+            lo, hi = foreground_box(_volume(img, f"{src.label}: {subject}") > 0)
             lows.append(lo)
             highs.append(hi)
             affine = img.affine if affine is None else affine
@@ -96,8 +106,11 @@ class _Lpba40(DatasetSpec):
     def load(self, src: Archive, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
         img = self._image(src, subject)
         seg = src.load_analyze(*_paths(subject, "structure.label"))
-        data = np.squeeze(np.asarray(img.dataobj, dtype=np.float32))
-        labels = np.squeeze(np.rint(np.asarray(seg.dataobj))).astype(np.int16)
+        data = _volume(img, f"{src.label}: {subject}").astype(np.float32)
+        labels = np.rint(_volume(seg, f"{src.label}: {subject} labels")).astype(np.int16)
+        if data.shape != labels.shape:
+            raise SpecError(f"{src.label}: {subject}: image {data.shape} and labels {labels.shape} "
+                            f"differ in shape")
         brain = data[data > 0]
         top = float(np.percentile(brain, 99.5)) if brain.size else 1.0
         image, affine = resample_box(data, img.affine, ctx["centre"], ctx["side_mm"],
