@@ -107,7 +107,7 @@ def test_registration_is_needed_but_feasible(synth_dir: Path):
 
 
 def test_deterministic_bytes(synth_dir: Path, tmp_path: Path):
-    again = generate_synth(tmp_path / "again", seed=0, **SMALL)
+    again = generate_synth(tmp_path / "again" / synth_dir.name, seed=0, **SMALL)  # same name
     other = generate_synth(tmp_path / "other", seed=1, **SMALL)
     for rel in ("images/synth_006.nii.gz", "labels/synth_002.nii.gz", "pairs.csv"):
         assert (synth_dir / rel).read_bytes() == (again / rel).read_bytes(), rel

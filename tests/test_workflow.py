@@ -162,6 +162,7 @@ def test_download_and_prepare_rules_over_loopback(tmp_path):
 
     ds = open_dataset(tmp_path / "data" / "abdomen")
     assert ds.info["checksums"] == {"AbdomenCTCT.zip": sha}
+    assert ds.name == "abdomen" and ds.info["generator"]["source"] == "abdomenctct"  # config key names it
     assert (tmp_path / "downloads" / "abdomen" / "AbdomenCTCT.zip").is_file()
 
 

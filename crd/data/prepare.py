@@ -133,7 +133,8 @@ def prepare_dataset(
     Args:
         name: a key of :data:`crd.data.specs.SPECS`.
         sources: the folder holding the downloaded (or, bring-your-own, placed) files.
-        out: the dataset folder to create.
+        out: the dataset folder to create; its name is the dataset's name (``dataset.json``,
+            tables, report), e.g. the config key.
         options: preprocessing options (the spec's ``options`` are the defaults).
         threads: subjects preprocessed at once.
         progress: show a progress bar.
@@ -190,7 +191,7 @@ def prepare_dataset(
         write_pairs(staging, rows)
         checksums = {n: file_checksum(p) for n, p in sorted(files.items())}
         write_dataset_json(staging, dataset_info(
-            name=name,
+            name=out.name,  # the folder (= config key) names the dataset everywhere
             labels=spec.labels,
             spacing=spacing.tolist(),
             shape=next(iter(shapes)),
@@ -199,7 +200,7 @@ def prepare_dataset(
             license=spec.license,
             citation=spec.citation,
             checksums=checksums,
-            generator={"dataset": name, "options": opts, "protocol": spec.protocol},
+            generator={"source": name, "options": opts, "protocol": spec.protocol},
             intensity=spec.intensity,
             provenance=spec.notes,
             spacing_unit=getattr(src, "spacing_unit", "mm"),

@@ -362,7 +362,7 @@ def generate_synth(
 
         write_pairs(tmp, synth_pairs(subjects, n_val, n_test))
         info = dataset_info(
-            name="synth",
+            name=out_dir.name,  # the folder (= config key) names the dataset everywhere
             description=(
                 "Synthetic head-like volumes: a random template of blob-like structures inside "
                 "an ellipsoid with an unlabelled shell, deformed per subject by a smooth random "
