@@ -49,6 +49,8 @@ class Archive:
         self._tar: tarfile.TarFile | None = None
         self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, object] = {}
+        if not self.path.exists():
+            raise ArchiveError(f"{self.label}: file not found")
         try:
             if self.path.is_dir():
                 for p in sorted(self.path.rglob("*")):
@@ -65,8 +67,6 @@ class Archive:
                 for info in self._tar:  # one pass over the headers (seeks past the data)
                     if info.isfile() and not _is_junk(info.name):
                         self._members[_clean(info.name)] = info
-            elif not self.path.exists():
-                raise ArchiveError(f"{self.label}: file not found")
             else:
                 raise ArchiveError(f"{self.label}: not a tar or zip archive")
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
