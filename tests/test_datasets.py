@@ -273,3 +273,18 @@ def test_sliver_from_the_original_scans(tmp_path):
     image = ds.load_image("liver-002")
     # HU window: liver (80 HU) -> 0.36, air -> 0 (edges blurred by the anti-aliasing)
     assert np.median(image[labels == 1]) > 0.3 and np.median(image[labels == 0]) == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_spec_documents_itself(name):
+    spec = SPECS[name]
+    assert spec.name == name and spec.title and spec.homepage.startswith("http")
+    assert spec.license and spec.citation and spec.protocol and spec.intensity and spec.notes
+    assert spec.labels and all(isinstance(k, int) and k > 0 for k in spec.labels)
+    assert set(spec.option_help) == set(spec.options)
+    assert bool(spec.sources) != bool(spec.own_files)  # downloaded xor brought
+    for source in spec.sources:
+        assert source.url.startswith("https://") and source.filename and source.hash_origin
+        assert source.known_hash is None or source.known_hash.split(":")[0] in ("sha256", "md5")
+    if spec.own_files:
+        assert spec.instructions and "http" in spec.instructions
