@@ -141,9 +141,13 @@ class _PairSampler:
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.pairs), (size,), generator=generator).tolist()
-        fixed = torch.cat([self.images[self.pairs[i][0]] for i in idx])
-        moving = torch.cat([self.images[self.pairs[i][1]] for i in idx])
-        return fixed.to(self.device, non_blocking=True), moving.to(self.device, non_blocking=True)
+        # copy each (pinned) image to the device first: a cat of host tensors is not pinned
+        fixed = torch.cat([self._on_device(self.pairs[i][0]) for i in idx])
+        moving = torch.cat([self._on_device(self.pairs[i][1]) for i in idx])
+        return fixed, moving
+
+    def _on_device(self, subject: str) -> torch.Tensor:
+        return self.images[subject].to(self.device, non_blocking=True)
 
 
 def _run_hash(parts: dict[str, Any]) -> str:
