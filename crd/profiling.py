@@ -137,9 +137,14 @@ def measure(device: torch.device) -> Iterator[Measurement]:
     nvml_sampler = None
     rss_sampler = None
     process = psutil.Process()
-    base_rss = process.memory_info().rss
-    exact_rss = _reset_vmhwm() and _read_vmhwm_kb() is not None
-    if not exact_rss:
+    # Linux: the baseline is the high-water mark just after its reset (= the RSS at that moment),
+    # so baseline and peak come from one counter; reading RSS separately before the reset races
+    # with memory freed in between (e.g. a garbage collection), which would hide the peak.
+    exact_rss = _reset_vmhwm() and (hwm_kb := _read_vmhwm_kb()) is not None
+    if exact_rss:
+        base_rss = hwm_kb * 1024
+    else:
+        base_rss = process.memory_info().rss
         rss_sampler = _Sampler(lambda: process.memory_info().rss)
         rss_sampler.start()
     if cuda:
