@@ -32,41 +32,20 @@ TINY = {
 }
 
 
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
-    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(workdir / "tiny.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
+def run_snakemake(workdir: Path, configfile: Path, *args: str, cores: int = 2) -> subprocess.CompletedProcess:
+    """``snakemake`` on this repository's Snakefile in ``workdir`` with ``configfile``."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), "--cores", str(cores), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    (workdir / "tiny.yaml").write_text(yaml.safe_dump(config))
+    return run_snakemake(workdir, workdir / "tiny.yaml", *args)
+
+
 def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "config.yaml"),
-        "-n",
-        "--cores",
-        "2",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = run_snakemake(tmp_path, REPO / "config.yaml", "-n")
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     for rule, count in (("generate_synth", 1), ("train", 5), ("evaluate", 6), ("bench", 1), ("report", 1)):
@@ -128,9 +107,7 @@ def test_tiny_end_to_end_run_then_nothing_to_do(tmp_path):
     ],
 )
 def test_paper_configs_dry_run_list_the_whole_dag(tmp_path, configfile, expected):
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(tmp_path), "--configfile", str(REPO / configfile), "-n", "--cores", "8"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    out = run_snakemake(tmp_path, REPO / configfile, "-n", cores=8)
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     for rule, count in expected.items():
