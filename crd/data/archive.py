@@ -59,9 +59,7 @@ class Archive:
                         self._members[rel] = p
             elif zipfile.is_zipfile(self.path):
                 self._zip = zipfile.ZipFile(self.path)
-                for info in self._zip.infolist():
-                    if not info.is_dir() and not _is_junk(info.filename):
-                        self._members[_clean(info.filename)] = info
+                self._members = _zip_members(self._zip)
             elif tarfile.is_tarfile(self.path):
                 self._tar = tarfile.open(self.path)
                 for info in self._tar:  # one pass over the headers (seeks past the data)
@@ -81,11 +79,7 @@ class Archive:
             self._zip = zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile as exc:
             raise ArchiveError(f"{label}: not a zip archive ({exc})") from None
-        self._members = {
-            _clean(i.filename): i
-            for i in self._zip.infolist()
-            if not i.is_dir() and not _is_junk(i.filename)
-        }
+        self._members = _zip_members(self._zip)
         return self
 
     def names(self) -> list[str]:
@@ -135,6 +129,11 @@ class Archive:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _zip_members(zf: zipfile.ZipFile) -> dict[str, object]:
+    """File members of a zip by cleaned name, junk left out."""
+    return {_clean(i.filename): i for i in zf.infolist() if not i.is_dir() and not _is_junk(i.filename)}
 
 
 def _clean(name: str) -> str:
