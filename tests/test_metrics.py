@@ -80,15 +80,16 @@ def _reference_codes(mask: np.ndarray) -> np.ndarray:
     return ndimage.correlate(padded, DM_KERNEL, mode="constant", cval=0)
 
 
+def _surfels(mask: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """Surface voxel positions (mm) and their surfel areas, DeepMind's surface definition."""
+    codes = _reference_codes(mask)
+    border = (codes != 0) & (codes != 255)
+    return np.argwhere(border) * np.asarray(spacing), M.surfel_area_table(spacing)[codes[border]]
+
+
 def _brute_force_hd(a: np.ndarray, b: np.ndarray, spacing, percent: float = 95.0) -> float:
     """All-pairs reference of DeepMind's robust Hausdorff distance (same surface definition)."""
-    areas = M.surfel_area_table(spacing)
-    surf = []
-    for mask in (a, b):
-        codes = _reference_codes(mask)
-        border = (codes != 0) & (codes != 255)
-        surf.append((np.argwhere(border) * np.asarray(spacing), areas[codes[border]]))
-    (pa, wa), (pb, wb) = surf
+    (pa, wa), (pb, wb) = _surfels(a, spacing), _surfels(b, spacing)
     pair = cdist(pa, pb)
     value = 0.0
     for dist, w in ((pair.min(axis=1), wa), (pair.min(axis=0), wb)):
@@ -105,13 +106,7 @@ def _brute_force_hd(a: np.ndarray, b: np.ndarray, spacing, percent: float = 95.0
 
 def _brute_force_assd(a: np.ndarray, b: np.ndarray, spacing) -> float:
     """All-pairs reference of the mean of DeepMind's two area-weighted average surface distances."""
-    areas = M.surfel_area_table(spacing)
-    surf = []
-    for mask in (a, b):
-        codes = _reference_codes(mask)
-        border = (codes != 0) & (codes != 255)
-        surf.append((np.argwhere(border) * np.asarray(spacing), areas[codes[border]]))
-    (pa, wa), (pb, wb) = surf
+    (pa, wa), (pb, wb) = _surfels(a, spacing), _surfels(b, spacing)
     pair = cdist(pa, pb)
     ab = np.sum(pair.min(axis=1) * wa) / np.sum(wa)
     ba = np.sum(pair.min(axis=0) * wb) / np.sum(wb)
