@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import fake_archives as fake  # noqa: E402
-
 from crd.data.prepare import prepare_dataset  # noqa: E402
 
 

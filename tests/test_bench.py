@@ -10,7 +10,7 @@ import pytest
 from crd.bench import COLUMNS, parse_size, run_bench
 from crd.cli import main
 from crd.report import build_report
-from tests.test_report import make_tables
+from report_tables import make_tables
 
 
 def test_parse_size():

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from crd.cli import main
-from tests.conftest import REPO
+from repo_paths import REPO
 
 
 def test_help_lists_every_stage():

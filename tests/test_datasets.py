@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import hashlib
 
-import fake_archives as fake
 import numpy as np
 import pandas as pd
 import pytest
-from http_server import serve
 
+import fake_archives as fake
 from crd.data.download import DownloadError
 from crd.data.layout import open_dataset
 from crd.data.prepare import MissingSourceError, TermsError, download_dataset, prepare_dataset
 from crd.data.specs import SPECS, get_spec
 from crd.data.specs.base import SpecError
+from http_server import serve
 
 # small output sizes keep the tests fast
 SMALL = {

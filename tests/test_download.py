@@ -6,9 +6,9 @@ import hashlib
 import socket
 
 import pytest
-from http_server import serve
 
 from crd.data.download import DownloadError, Source, fetch, file_checksum
+from http_server import serve
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()

@@ -7,7 +7,7 @@ import torch
 
 from crd.methods import MethodError, load_method, load_methods, training_order
 from crd.models.registration import build_model
-from tests.conftest import REPO
+from repo_paths import REPO
 
 PLUGINS = sorted((REPO / "baselines").glob("*.py"))
 

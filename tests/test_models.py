@@ -13,7 +13,7 @@ from crd.models.registration import (
     LowResolutionNet,
     build_model,
 )
-from tests.conftest import SHARED
+from repo_paths import SHARED
 
 
 def n_params(model):

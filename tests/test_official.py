@@ -16,7 +16,7 @@ from crd.cli import main
 from crd.errors import CheckpointError
 from crd.models.checkpoint import load_model, read_checkpoint
 from crd.models.official import import_official
-from tests.conftest import SHARED
+from repo_paths import SHARED
 
 OFFICIAL = SHARED / "crd-official"
 FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}

@@ -16,7 +16,7 @@ from crd.models.functional import warp
 from crd.models.official import import_official
 from crd.models.registration import IdentityNet, LowResolutionNet
 from crd.register import InputImageError, normalise_intensity, pad_to_multiple, register
-from tests.conftest import SHARED
+from repo_paths import SHARED
 
 OFFICIAL = SHARED / "crd-official"
 FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}

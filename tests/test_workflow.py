@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from repo_paths import REPO
 
 TINY = {
     "datasets": {

@@ -1,0 +1,121 @@
+"""Fake evaluation tables for the report and bench tests: tidy CSVs, sidecars and example NIfTIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+METHODS = ("identity", "hr", "lr", "crd")
+# Per-method (mean Dice, time s, CPU peak RSS MB, params): crd beats lr here.
+PROFILE = {
+    "identity": (0.55, 0.002, 4.0, 0),
+    "hr": (0.82, 2.10, 3400.0, 1_200_000),
+    "lr": (0.79, 0.40, 820.0, 1_200_000),
+    "crd": (0.81, 0.42, 850.0, 1_200_000),
+}
+SHIFT = {"identity": 3, "hr": 0, "lr": 1, "crd": 1}  # residual misalignment in the example (voxels)
+
+
+def _volume(shape, shift: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth blobby image (D, H, W) shifted along W, and its label map."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*(np.arange(s, dtype=np.float32) for s in shape), indexing="ij"))
+    img = np.zeros(shape, np.float32)
+    lab = np.zeros(shape, np.int16)
+    centres = rng.uniform(0.25, 0.75, size=(4, 3)) * np.array(shape)
+    for k, c in enumerate(centres, start=1):
+        c = c + np.array([0, 0, shift])
+        r2 = sum((grid[i] - c[i]) ** 2 for i in range(3))
+        img += np.exp(-r2 / (2 * (min(shape) / 6) ** 2)) * (0.5 + 0.5 * k / 4)
+        lab[(r2 < (min(shape) / 5) ** 2) & (lab == 0)] = k
+    return img * 100, lab
+
+
+def _save(arr: np.ndarray, path: Path) -> str:
+    nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.2, 1.5, 1.0])), path)
+    return str(path)
+
+
+def make_tables(
+    root: Path,
+    datasets: dict[str, dict[str, tuple]] | None = None,
+    *,
+    n_pairs: int = 4,
+    n_labels: int = 3,
+    device: str = "cpu",
+    shape: tuple[int, int, int] = (12, 14, 16),
+    seed: int = 0,
+) -> list[Path]:
+    """Write fake evaluation tables, sidecars and example NIfTIs under ``root``; return the CSVs.
+
+    ``datasets`` maps dataset name -> {method: (mean Dice, time, memory, params)}.
+    """
+    datasets = datasets or {"ds_a": PROFILE, "ds_b": PROFILE}
+    rng = np.random.default_rng(seed)
+    paths = []
+    for d_i, (ds, profile) in enumerate(datasets.items()):
+        img_dir = root / ds / "images"
+        img_dir.mkdir(parents=True, exist_ok=True)
+        fixed_img, fixed_lab = _volume(shape, 0, seed=d_i)
+        moving_img, _ = _volume(shape, SHIFT["identity"], seed=d_i)
+        fixed_path = _save(fixed_img, img_dir / "f0.nii.gz")
+        moving_path = _save(moving_img, img_dir / "m0.nii.gz")
+        labels_path = _save(fixed_lab, img_dir / "f0_labels.nii.gz")
+        pairs = [(f"f{i}", f"m{i}") for i in range(n_pairs)]
+        for method, (dice, t, mem, params) in profile.items():
+            rows = []
+            for fx, mv in pairs:
+                per_label = np.clip(dice + rng.normal(0, 0.03, n_labels), 0, 1)
+                for lab, v in enumerate(per_label, start=1):
+                    rows.append((fx, mv, "dice", lab, float(v)))
+                    rows.append((fx, mv, "hd95_mm", lab, float(5 * (1 - v) + rng.uniform())))
+                rows.append((fx, mv, "dice", "", float(per_label.mean())))
+                rows.append((fx, mv, "hd95_mm", "", float(5 * (1 - per_label.mean()))))
+                fold = 0.0 if method == "identity" else float(rng.uniform(0.01, 0.2))
+                rows += [
+                    (fx, mv, "fold_pct", "", fold),
+                    (fx, mv, "fold_count", "", round(fold * np.prod(shape) / 100)),
+                    (fx, mv, "sdlogj", "", 0.0 if method == "identity" else 0.05 + fold / 10),
+                    (fx, mv, "logj_excluded_pct", "", fold),
+                    (fx, mv, "labels_missing", "", 0),
+                    (fx, mv, "labels_vanished", "", 1 if method == "lr" and fx == "f0" else 0),
+                    (fx, mv, "time_s", "", t * float(rng.uniform(0.9, 1.1))),
+                ]
+                if device == "cuda":
+                    rows.append((fx, mv, "cuda_alloc_peak_mb", "", mem * rng.uniform(0.99, 1.01)))
+                    rows.append((fx, mv, "nvml_peak_mb", "", mem + 500))
+                else:
+                    rows.append((fx, mv, "peak_rss_mb", "", mem * float(rng.uniform(0.95, 1.05))))
+            rows.append(("", "", "params", "", params))
+            frame = pd.DataFrame(rows, columns=["fixed", "moving", "metric", "label", "value"])
+            frame.insert(0, "method", method)
+            frame.insert(0, "dataset", ds)
+            csv = root / "tables" / f"{ds}__{method}.csv"
+            csv.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(csv, index=False)
+            warped_img, _ = _volume(shape, SHIFT.get(method, 0), seed=d_i)
+            sidecar = {
+                "dataset": ds,
+                "method": method,
+                "device": device,
+                "device_name": "Fake CPU" if device == "cpu" else "Fake GPU",
+                "torch": "2.5.0",
+                "threads": 2,
+                "n_pairs": n_pairs,
+                "checkpoint": None,
+                "example": {
+                    "fixed": "f0",
+                    "moving": "m0",
+                    "fixed_image": fixed_path,
+                    "moving_image": moving_path,
+                    "fixed_labels": labels_path,
+                    "warped_image": _save(warped_img, img_dir / f"warped_{method}.nii.gz"),
+                },
+            }
+            csv.with_suffix(".json").write_text(json.dumps(sidecar))
+            paths.append(csv)
+    return paths
