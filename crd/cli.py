@@ -78,6 +78,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     if args.dataset != "synth":
         raise ValueError(f"crd generate knows the embedded dataset 'synth' only, got {args.dataset!r}")
     options = {
+        "template": args.template,
         "n_subjects": args.subjects,
         "shape": args.shape,
         "spacing": args.spacing,
@@ -85,6 +86,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         "n_val": args.val,
         "n_test": args.test,
         "deformation_voxels": args.deformation,
+        "n_control": args.control,
+        "fine_deformation_voxels": args.fine_deformation,
+        "fine_control": args.fine_control,
         "seed": args.seed,
     }
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v is not None}
@@ -177,6 +181,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         method=method,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         model_config=None if args.checkpoint else model,
+        seed=args.seed,
         split=args.split,
         device=args.device,
         threads=args.threads,
@@ -325,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("out", type=Path, help="output folder (canonical layout)")
     defaults = _synth_defaults()
     g.add_argument("--seed", type=int, help=f"random seed (default {defaults['seed']})")
+    g.add_argument(
+        "--template",
+        choices=["anatomy", "blobs"],
+        help=f"template anatomy: anatomy (folded thin ribbon, tubes, small nuclei; 24 labels) or blobs "
+        f"(large blobs, a control where resolution matters little) (default {defaults['template']})",
+    )
     g.add_argument("--subjects", type=int, help=f"number of subjects (default {defaults['n_subjects']})")
     g.add_argument(
         "--shape",
@@ -340,13 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("SD", "SH", "SW"),
         help=f"voxel size in mm (default {defaults['spacing']})",
     )
-    g.add_argument("--labels", type=int, help=f"number of labelled structures (default {defaults['n_labels']})")
+    g.add_argument("--labels", type=int, help="number of blobs structures (template blobs only; default 10)")
     g.add_argument("--val", type=int, help=f"validation subjects (default {defaults['n_val']})")
     g.add_argument("--test", type=int, help=f"test subjects (default {defaults['n_test']})")
     g.add_argument(
         "--deformation",
         type=float,
-        help=f"largest control-point displacement between subjects, voxels (default {defaults['deformation_voxels']})",
+        help=f"largest control-point displacement of the large smooth part of each subject's deformation, "
+        f"voxels (default {defaults['deformation_voxels']})",
+    )
+    g.add_argument(
+        "--control", type=int, help=f"control points per axis of the large part (default {defaults['n_control']})"
+    )
+    g.add_argument(
+        "--fine-deformation",
+        type=float,
+        help=f"largest control-point displacement of the fine part, voxels; 0 = none "
+        f"(default {defaults['fine_deformation_voxels']})",
+    )
+    g.add_argument(
+        "--fine-control",
+        type=int,
+        help=f"control points per axis of the fine part (default {defaults['fine_control']})",
     )
     g.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -395,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(e)
     e.add_argument("--checkpoint", help="trained checkpoint (omit for methods without weights)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"], help="pairs to score (default test)")
+    e.add_argument(
+        "--seed",
+        type=int,
+        help="training seed recorded in the table (default: the checkpoint's; 0 for methods without weights)",
+    )
     _add_common(e)
     e.set_defaults(func=_cmd_evaluate)
 

@@ -1,9 +1,10 @@
 """Evaluation: register every test pair with one method, score it, time it, write a tidy table.
 
-Output (one per dataset and method):
-- ``<out>.csv``: tidy long table, columns ``dataset, method, fixed, moving, metric, label, value``
-  (one row per pair, metric and label; ``label`` empty for pair-level values; ``fixed``/``moving``
-  empty for method-level values such as ``params``). Metrics: see :func:`crd.metrics.score_pair`
+Output (one per dataset, method and training seed):
+- ``<out>.csv``: tidy long table, columns :data:`crd.tidy.TABLE_COLUMNS` (``dataset, method, seed,
+  fixed, moving, metric, label, value``; one row per pair, metric and label; ``label`` empty for
+  pair-level values; ``fixed``/``moving`` empty for method-level values such as ``params``).
+  Metrics: see :func:`crd.metrics.score_pair`
   plus ``time_s`` (predict the field + warp the moving image, seconds), ``peak_rss_mb`` (CPU RSS
   above the process baseline during that call, MB), ``cuda_alloc_peak_mb`` and ``nvml_peak_mb``
   (CUDA only) and ``params``.
@@ -35,12 +36,11 @@ from crd.models.functional import warp
 from crd.models.registration import build_model
 from crd.profiling import device_description, measure
 from crd.runtime import configure_threads, select_device, setup_logging
+from crd.tidy import TABLE_COLUMNS
 
-__all__ = ["evaluate", "TABLE_COLUMNS"]
+__all__ = ["evaluate"]
 
 log = logging.getLogger("crd.evaluate")
-
-TABLE_COLUMNS = ["dataset", "method", "fixed", "moving", "metric", "label", "value"]
 
 
 def evaluate(
@@ -50,6 +50,7 @@ def evaluate(
     method: str,
     checkpoint: Path | None = None,
     model_config: dict[str, Any] | None = None,
+    seed: int | None = None,
     split: str = "test",
     device: str = "auto",
     threads: int | None = None,
@@ -59,7 +60,9 @@ def evaluate(
     """Evaluate ``method`` on the ``split`` pairs of the dataset at ``data``; write ``out`` (CSV).
 
     The model comes from ``checkpoint`` or, for methods without weights (``identity``), from
-    ``model_config``. Images are fed as stored (scaled to [0, 1] by preprocessing).
+    ``model_config``. Images are fed as stored (scaled to [0, 1] by preprocessing). ``seed``: the
+    training seed recorded in the table; by default the checkpoint's (0 without one); a given seed
+    that contradicts the checkpoint's is an error.
     """
     out = Path(out)
     setup_logging(log_file)
@@ -69,7 +72,12 @@ def evaluate(
     trained_on = None
     if checkpoint is not None:
         model, payload = load_model(Path(checkpoint), dev)
-        trained_on = (payload.get("training") or {}).get("dataset")
+        training = payload.get("training") or {}
+        trained_on = training.get("dataset")
+        trained_seed = (training.get("settings") or {}).get("seed")
+        if seed is not None and trained_seed is not None and int(trained_seed) != seed:
+            raise ValueError(f"{checkpoint}: trained with seed {trained_seed}, but seed {seed} was given")
+        seed = seed if seed is not None else trained_seed
     elif model_config is not None:
         model = build_model(model_config).to(dev).eval()
     else:
@@ -134,14 +142,14 @@ def evaluate(
                 "warped_image": str(example_path),
             }
 
-    table = pd.DataFrame(rows)
-    table.insert(0, "method", method)
-    table.insert(0, "dataset", dataset.name)
+    seed = 0 if seed is None else int(seed)
+    table = pd.DataFrame(rows).assign(dataset=dataset.name, method=method, seed=seed)
     table["label"] = table["label"].astype("Int64")
-    table = table[TABLE_COLUMNS]
+    table = table[list(TABLE_COLUMNS)]
     sidecar = {
         "dataset": dataset.name,
         "method": method,
+        "seed": seed,
         "split": split,
         "n_pairs": len(pairs),
         "checkpoint": str(checkpoint) if checkpoint else None,

@@ -7,7 +7,9 @@
   authors' regulariser). MONAI's ``DiffusionLoss`` uses central differences, which cannot see a
   checkerboard (odd/even) pattern in the field, so it is not used here.
 - Distillation: MSE between student and teacher fields plus MSE between their attention maps at
-  the four scales (CRD paper; the released code weights every term 1).
+  the four scales (CRD paper; the released code weights every term 1). A teacher and its student
+  give their maps on the same four grids (1/2 ... 1/16 of the input, see
+  :mod:`crd.models.registration`), so maps are paired by grid and never resized.
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ def gradient_smoothness(flow: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossTerms:
-    """A loss value and its named parts (floats, for logging)."""
+    """A loss value, its weighted terms (tensors that sum to ``total``, e.g. to measure each term's
+    gradient) and its named unweighted parts (floats, for logging)."""
 
     total: torch.Tensor
     parts: dict[str, float]
+    terms: dict[str, torch.Tensor]
 
 
 class UnsupervisedLoss(nn.Module):
@@ -63,8 +67,8 @@ class UnsupervisedLoss(nn.Module):
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor, flow: torch.Tensor) -> LossTerms:
         sim = self.ncc(warped, fixed)
         smooth = gradient_smoothness(flow)
-        total = self.ncc_weight * sim + self.smooth_weight * smooth
-        return LossTerms(total, {"ncc": -sim.item(), "smooth": smooth.item()})
+        terms = {"ncc": self.ncc_weight * sim, "smooth": self.smooth_weight * smooth}
+        return LossTerms(terms["ncc"] + terms["smooth"], {"ncc": -sim.item(), "smooth": smooth.item()}, terms)
 
 
 class DistillationLoss(nn.Module):
@@ -97,5 +101,6 @@ class DistillationLoss(nn.Module):
                 )
             att_terms.append(F.mse_loss(s, t))
         att = torch.stack(att_terms).sum()
-        total = self.flow_weight * flow_term + self.attention_weight * att
-        return LossTerms(total, {"flow_mse": flow_term.item(), "attention_mse": att.item()})
+        terms = {"flow": self.flow_weight * flow_term, "attention": self.attention_weight * att}
+        parts = {"flow_mse": flow_term.item(), "attention_mse": att.item()}
+        return LossTerms(terms["flow"] + terms["attention"], parts, terms)

@@ -4,8 +4,10 @@
 its config, optionally initialises it from another checkpoint, trains with Adam on random
 training pairs (the moving image augmented by a random B-spline deformation), validates and
 saves a resumable state every ``checkpoint_every`` iterations, and writes a self-describing
-checkpoint at the end. An interrupted run started again with the same arguments resumes from
-the last saved state.
+checkpoint at the end, plus its training history as a tidy table
+(:data:`crd.tidy.HISTORY_COLUMNS`): validation loss and Dice at iteration 0 (before any step)
+and at every checkpoint, the loss terms, each term's gradient norm and the learning rate. An
+interrupted run started again with the same arguments resumes from the last saved state.
 """
 
 from __future__ import annotations
@@ -20,20 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from crd.atomic import write_text_atomic
 from crd.data.layout import Dataset, open_dataset
 from crd.deform import RandomFFD
 from crd.errors import CrdError
-from crd.losses import DistillationLoss, UnsupervisedLoss
+from crd.losses import DistillationLoss, LossTerms, UnsupervisedLoss
 from crd.models.checkpoint import atomic_torch_save, load_model, read_checkpoint, save_checkpoint
 from crd.models.functional import warp
 from crd.models.registration import build_model
 from crd.runtime import configure_threads, seed_everything, select_device, setup_logging
+from crd.tidy import HISTORY_COLUMNS
 
-__all__ = ["TrainSettings", "train", "initialise_from", "OBJECTIVES"]
+__all__ = ["TrainSettings", "train", "initialise_from", "history_path", "OBJECTIVES"]
 
 log = logging.getLogger("crd.train")
 
@@ -47,8 +52,10 @@ class TrainSettings:
     Attributes:
         iterations: optimisation steps.
         batch_size: pairs per step.
-        lr: Adam learning rate.
-        lr_decay_at: iterations at which the learning rate is multiplied by ``lr_decay``.
+        lr: Adam's learning rate.
+        lr_decay_at: fractions of ``iterations`` (in (0, 1]) after which the learning rate is
+            multiplied by ``lr_decay``; e.g. ``[0.6, 0.8, 1.0]`` = the authors' halvings at 15k,
+            20k and 25k of 25k steps (one at 1.0 has no effect on the steps taken).
         lr_decay: multiplicative decay at each of ``lr_decay_at``.
         grad_clip: max gradient norm (0 = off; the CRD authors use 1.0).
         ncc_weight: weight of the local NCC similarity (unsupervised objective).
@@ -67,7 +74,7 @@ class TrainSettings:
     iterations: int = 1000
     batch_size: int = 1
     lr: float = 1e-4
-    lr_decay_at: list[int] = field(default_factory=list)
+    lr_decay_at: list[float] = field(default_factory=list)
     lr_decay: float = 0.5
     grad_clip: float = 1.0
     ncc_weight: float = 1.0
@@ -83,7 +90,7 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        """Build from a mapping; unknown keys are an error that lists the known ones."""
+        """Build from a mapping; unknown keys or bad values are an error that names them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -91,10 +98,27 @@ class TrainSettings:
         settings = cls(**values)
         if settings.iterations < 1 or settings.batch_size < 1 or settings.checkpoint_every < 1:
             raise ValueError("iterations, batch_size and checkpoint_every must be >= 1")
+        if settings.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {settings.lr}")
+        bad = [f for f in settings.lr_decay_at if not 0 < float(f) <= 1]
+        if bad:
+            raise ValueError(f"lr_decay_at: fractions of the iterations in (0, 1] expected, got {bad}")
         return settings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def milestones(self) -> list[int]:
+        """``lr_decay_at`` as iteration counts (rounded), as :class:`torch.optim.lr_scheduler.MultiStepLR`
+        takes them."""
+        return sorted(max(1, round(f * self.iterations)) for f in self.lr_decay_at)
+
+
+def history_path(checkpoint: Path) -> Path:
+    """Where the training history of ``checkpoint`` goes: ``<name>.history.csv`` beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".history.csv")
 
 
 def initialise_from(model: nn.Module, checkpoint: Path) -> str:
@@ -150,8 +174,81 @@ class _PairSampler:
         return self.images[subject].to(self.device, non_blocking=True)
 
 
+class _Objective:
+    """What one training step minimises, for a ``(fixed, moving)`` batch."""
+
+    def __init__(self, settings: TrainSettings, teacher: nn.Module | None) -> None:
+        self.unsupervised = UnsupervisedLoss(settings.ncc_weight, settings.ncc_window, settings.smooth_weight)
+        self.distillation = DistillationLoss(settings.flow_weight, settings.attention_weight)
+        self.teacher = teacher
+
+    def __call__(self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> LossTerms:
+        if self.teacher is None:
+            flow = model(fixed, moving)
+            return self.unsupervised(fixed, warp(moving, flow), flow)
+        with torch.no_grad():
+            t_flow, t_maps = self.teacher.forward_with_maps(fixed, moving)
+        s_flow, s_maps = model.forward_with_maps(fixed, moving)
+        return self.distillation(s_flow, t_flow, s_maps, t_maps)
+
+
+def _gradient_norms(terms: LossTerms, params: list[nn.Parameter]) -> dict[str, float]:
+    """The L2 norm of each weighted term's gradient (before clipping), e.g. ``grad_norm_flow``."""
+    norms = {}
+    for name, term in terms.terms.items():
+        if not term.requires_grad:
+            norms[f"grad_norm_{name}"] = 0.0
+            continue
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        squares = [g.detach().pow(2).sum() for g in grads if g is not None]
+        norms[f"grad_norm_{name}"] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+    return norms
+
+
 def _run_hash(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Resumable:
+    """The resumable state file ``.<checkpoint>.resume`` of one run (identified by ``run_id``)."""
+
+    path: Path
+    run_id: str
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state if it belongs to this run; ``None`` (with a warning) if it is absent,
+        unreadable (truncated, not a PyTorch file) or from another run. Read with
+        ``weights_only=True`` onto the CPU: the file is data, never code, and RNG states must be
+        CPU byte tensors whatever the training device."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated, corrupt, or not ours: start afresh, never block reruns
+            log.warning("ignoring %s: cannot be read as a resume state (%s)", self.path, exc)
+            return None
+        if not isinstance(state, dict) or state.get("run_id") != self.run_id:
+            log.warning("ignoring %s: it belongs to a run with other settings", self.path)
+            return None
+        return state
+
+    def save(self, **state: Any) -> None:
+        atomic_torch_save({"run_id": self.run_id, **state}, self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _write_history(path: Path, records: list[dict[str, float]], *, dataset: str, method: str, seed: int) -> None:
+    """The records as a tidy table (``HISTORY_COLUMNS``), written atomically."""
+    rows = [
+        {"dataset": dataset, "method": method, "seed": seed, "iteration": r["iteration"], "metric": k, "value": v}
+        for r in records
+        for k, v in r.items()
+        if k != "iteration"
+    ]
+    write_text_atomic(path, pd.DataFrame(rows, columns=HISTORY_COLUMNS).to_csv(index=False))
 
 
 def train(
@@ -169,7 +266,8 @@ def train(
     log_file: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train ``method`` on the dataset at ``data``; write its checkpoint to ``out``.
+    """Train ``method`` on the dataset at ``data``; write its checkpoint to ``out`` and its
+    history to :func:`history_path` (``out``).
 
     Args:
         data: dataset folder in the canonical layout.
@@ -179,8 +277,8 @@ def train(
         objective: ``"unsupervised"`` (NCC + smoothness) or ``"distill"`` (needs ``teacher``).
         settings: training settings (defaults: :class:`TrainSettings`).
         init: checkpoint whose weights initialise the model (see :func:`initialise_from`).
-        teacher: frozen teacher checkpoint for ``objective="distill"``; must have
-            ``forward_with_maps`` (the ``fst``).
+        teacher: frozen teacher checkpoint for ``objective="distill"``; teacher and student must
+            both have ``forward_with_maps`` (maps on the same four grids).
         device: ``"auto"``, ``"cpu"`` or ``"cuda[:i]"``.
         threads: torch intra-op threads.
         log_file: also log there (appending).
@@ -197,15 +295,8 @@ def train(
     n_threads = configure_threads(threads)
     generator = seed_everything(settings.seed)
     dataset = open_dataset(data)
-    log.info(
-        "training %s (%s, %s) on %s, device %s, %d threads",
-        method,
-        model_config,
-        objective,
-        dataset.root,
-        dev,
-        n_threads,
-    )
+    log.info("training %s (%s, %s) on %s, device %s, %d threads", method, model_config, objective, dataset.root,
+             dev, n_threads)  # fmt: skip
     log.info("settings %s", json.dumps(settings.to_dict()))
 
     model = build_model(model_config).to(dev)
@@ -219,105 +310,70 @@ def train(
             raise CrdError(f"distillation needs attention maps from both {teacher} and {method}")
         teacher_model.requires_grad_(False)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.lr_decay_at, settings.lr_decay)
-    unsup = UnsupervisedLoss(settings.ncc_weight, settings.ncc_window, settings.smooth_weight)
-    distill = DistillationLoss(settings.flow_weight, settings.attention_weight)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, settings.lr_decay)
+    step_loss = _Objective(settings, teacher_model)
+    val_loss = step_loss.unsupervised
     augment = RandomFFD(max_displacement=settings.augment_max_displacement, probability=settings.augment_probability)
     train_pairs = _PairSampler(dataset, "train", dev)
     valset = _ValidationSet(dataset, dataset.pairs_for("val")[: settings.val_pairs], dev)
 
-    run_id = _run_hash(
-        {
-            "method": method,
-            "model": model_config,
-            "objective": objective,
-            "settings": settings.to_dict(),
-            "data": str(dataset.root),
-            "init": str(init),
-            "teacher": str(teacher),
-        }
+    resume = _Resumable(
+        out.parent / f".{out.name}.resume",
+        _run_hash({"method": method, "model": model_config, "objective": objective, "settings": settings.to_dict(),
+                   "data": str(dataset.root), "init": str(init), "teacher": str(teacher)}),  # fmt: skip
     )
-    resume_path = out.parent / f".{out.name}.resume"
-    start = 0
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location=dev, weights_only=False)
-        if state.get("run_id") == run_id:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start = state["iteration"]
-            log.info("resumed from %s at iteration %d", resume_path, start)
-        else:
-            log.warning("ignoring %s: it belongs to a run with other settings", resume_path)
+    start, history = 0, []
+    state = resume.load()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        start, history = state["iteration"], list(state["history"])
+        log.info("resumed from %s at iteration %d", resume.path, start)
+    else:  # the starting point, before any step (for a fine-tuned model: its init's score)
+        history.append({"iteration": 0, **_validate(model, valset, val_loss)})
 
-    history: list[dict[str, float]] = []
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(
-        range(start, settings.iterations),
-        initial=start,
-        total=settings.iterations,
-        desc=f"train {method}",
-        disable=not progress,
-        mininterval=2.0,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc=f"train {method}",
+               disable=not progress, mininterval=2.0, dynamic_ncols=True)  # fmt: skip
     for it in bar:
+        done = it + 1
+        record_now = done % settings.checkpoint_every == 0 or done == settings.iterations
         fixed, moving = train_pairs.batch(settings.batch_size, generator)
         moving = augment(moving, generator)
-        if objective == "unsupervised":
-            flow = model(fixed, moving)
-            terms = unsup(fixed, warp(moving, flow), flow)
-        else:
-            with torch.no_grad():
-                t_flow, t_maps = teacher_model.forward_with_maps(fixed, moving)
-            s_flow, s_maps = model.forward_with_maps(fixed, moving)
-            terms = distill(s_flow, t_flow, s_maps, t_maps)
+        terms = step_loss(model, fixed, moving)
+        grad_norms = _gradient_norms(terms, params) if record_now else {}
         optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         if settings.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        lr_used = optimizer.param_groups[0]["lr"]
         optimizer.step()
         scheduler.step()
         loss = terms.total.item()
         if not np.isfinite(loss):
-            raise CrdError(f"training {method} diverged at iteration {it + 1} (loss {loss})")
+            raise CrdError(f"training {method} diverged at iteration {done} (loss {loss})")
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        done = it + 1
-        if done % settings.checkpoint_every == 0 or done == settings.iterations:
-            record = {
-                "iteration": done,
-                "loss": loss,
-                **terms.parts,
-                **_validate(model, valset, unsup),
-            }
+        if record_now:
+            record = {"iteration": done, "loss": loss, **terms.parts, **grad_norms, "learning_rate": lr_used,
+                      **_validate(model, valset, val_loss)}  # fmt: skip
             history.append(record)
-            log.info(
-                "iter %d/%d %s",
-                done,
-                settings.iterations,
-                " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"),
-            )
+            log.info("iter %d/%d %s", done, settings.iterations,
+                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))  # fmt: skip
             model.train()
             if done < settings.iterations:
-                atomic_torch_save(
-                    {
-                        "run_id": run_id,
-                        "iteration": done,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "generator": generator.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                    },
-                    resume_path,
-                )
+                resume.save(iteration=done, history=history, model=model.state_dict(),
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            generator=generator.get_state(), torch_rng=torch.get_rng_state())  # fmt: skip
     bar.close()
     seconds = time.perf_counter() - t0
     model.eval()
+    _write_history(history_path(out), history, dataset=dataset.name, method=method, seed=settings.seed)
     save_checkpoint(
         out,
         model,
@@ -336,7 +392,7 @@ def train(
             "history": history,
         },
     )
-    resume_path.unlink(missing_ok=True)
+    resume.remove()
     log.info("wrote %s after %d iterations (%.1f s this run)", out, settings.iterations, seconds)
     return out
 

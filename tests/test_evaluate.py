@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from crd.data.layout import dataset_info, write_dataset_json, write_nifti, write_pairs
-from crd.evaluate import TABLE_COLUMNS, evaluate
+from crd.evaluate import evaluate
 from crd.models.checkpoint import save_checkpoint
 from crd.models.registration import FullResolutionNet
+from crd.tidy import TABLE_COLUMNS
 
 SPACING = (2.0, 1.0, 1.5)
 SHIFT = 2  # voxels along axis 0
@@ -51,7 +52,7 @@ def test_identity_scores_the_pair_as_it_is(cube_dataset, tmp_path):
         progress=False,
     )
     table = pd.read_csv(out)
-    assert list(table.columns) == TABLE_COLUMNS
+    assert tuple(table.columns) == TABLE_COLUMNS and set(table["seed"]) == {0}
     assert set(table.dataset) == {"cubes"} and set(table.method) == {"identity"}
     # boxes 10 voxels thick shifted by 2: overlap 8 of 10 -> Dice 0.8 for both labels
     assert _values(table, "dice", label=1) == pytest.approx([0.8])

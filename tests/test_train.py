@@ -1,5 +1,9 @@
-"""Training: the loss goes down, checkpoints describe themselves, interrupted runs resume."""
+"""Training: the loss goes down, checkpoints describe themselves, histories are tidy, interrupted
+runs resume (and a resume file is data, never code), the distillation recipe reaches the optimiser."""
 
+import runpy
+
+import pandas as pd
 import pytest
 import torch
 
@@ -7,7 +11,9 @@ from crd.losses import UnsupervisedLoss
 from crd.models.checkpoint import load_model, read_checkpoint, save_checkpoint
 from crd.models.functional import warp
 from crd.models.registration import FeatureShiftedTeacher, FullResolutionNet, LowResolutionNet
-from crd.train import TrainSettings, initialise_from, train
+from crd.tidy import HISTORY_COLUMNS, load_history
+from crd.train import TrainSettings, history_path, initialise_from, train
+from repo_paths import REPO
 
 FAST = {"iterations": 4, "checkpoint_every": 2, "val_pairs": 1, "ncc_window": 5, "lr": 1e-3}
 
@@ -47,9 +53,19 @@ def test_train_writes_a_self_describing_checkpoint(tiny_synth, tmp_path):
     payload = read_checkpoint(out)
     assert payload["method"] == "hr" and payload["model"] == {"kind": "fullres", "width": 0.5}
     assert payload["training"]["settings"]["iterations"] == 4
-    assert [h["iteration"] for h in payload["training"]["history"]] == [2, 4]
+    # iteration 0 is the model before any step; then every checkpoint_every
+    assert [h["iteration"] for h in payload["training"]["history"]] == [0, 2, 4]
     assert "val_dice" in payload["training"]["history"][-1]
     assert not (tmp_path / ".hr.pt.resume").exists()
+    history = load_history(history_path(out))
+    assert history_path(out) == tmp_path / "hr.history.csv"
+    assert tuple(history.columns) == HISTORY_COLUMNS
+    assert set(history["iteration"]) == {0, 2, 4} and set(history["seed"]) == {0}
+    at = history.set_index(["iteration", "metric"])["value"]
+    assert {"val_dice", "val_loss"} == set(at[0].index)
+    for metric in ("loss", "ncc", "smooth", "grad_norm_ncc", "grad_norm_smooth", "learning_rate", "val_dice"):
+        assert metric in at[4].index, metric
+    assert at[4, "grad_norm_ncc"] > 0 and at[4, "learning_rate"] == pytest.approx(1e-3)
     assert "wrote" in (tmp_path / "hr.log").read_text()
     model, _ = load_model(out)
     assert isinstance(model, FullResolutionNet)
@@ -101,9 +117,121 @@ def test_fst_starts_from_hr_backbone_and_crd_distills(tiny_synth, tmp_path):
         progress=False,
     )
     history = read_checkpoint(out)["training"]["history"]
-    assert {"flow_mse", "attention_mse"} <= set(history[-1])
+    assert {"flow_mse", "attention_mse", "grad_norm_flow", "grad_norm_attention"} <= set(history[-1])
+    assert history[0]["iteration"] == 0 and "val_dice" in history[0]  # the init's score, before any step
 
 
 def test_settings_reject_unknown_keys():
     with pytest.raises(ValueError, match="unknown train settings \\['iters'\\]"):
         TrainSettings.from_dict({"iters": 3})
+
+
+def test_interrupted_run_keeps_its_history(tiny_synth, tmp_path, monkeypatch):
+    settings = TrainSettings.from_dict({**FAST, "checkpoint_every": 1})
+    kwargs = dict(method="lr", model_config={"kind": "lowres"}, settings=settings, threads=1, progress=False)
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_synth, tmp_path / "run.pt", **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    out = train(tiny_synth, tmp_path / "run.pt", **kwargs)
+    assert sorted(set(load_history(history_path(out))["iteration"])) == [0, 1, 2, 3, 4]
+
+
+class _Boom:
+    def __reduce__(self):
+        return (exec, ("raise SystemExit('code in a resume file ran')",))
+
+
+@pytest.mark.parametrize("content", ["pickle", "truncated", "garbage"])
+def test_a_hostile_or_broken_resume_file_is_ignored_never_run(tiny_synth, tmp_path, content):
+    """A resume file is read with weights_only=True: a crafted pickle does not run, a truncated or
+    foreign file does not block the rerun (training starts afresh, with a warning)."""
+    resume = tmp_path / ".lr.pt.resume"
+    if content == "pickle":
+        torch.save({"run_id": "x", "payload": _Boom()}, resume)
+    elif content == "truncated":
+        torch.save({"run_id": "x", "model": LowResolutionNet().state_dict()}, resume)
+        resume.write_bytes(resume.read_bytes()[:1000])
+    else:
+        resume.write_bytes(b"not a torch file at all")
+    settings = TrainSettings.from_dict({**FAST, "iterations": 2})
+    out = train(tiny_synth, tmp_path / "lr.pt", method="lr", model_config={"kind": "lowres"}, settings=settings,
+                threads=1, progress=False)  # fmt: skip
+    assert read_checkpoint(out)["training"]["resumed_at"] == 0
+
+
+def test_resume_state_loads_rng_states_on_the_cpu(tiny_synth, tmp_path, monkeypatch):
+    """RNG states must come back as CPU byte tensors whatever the training device (on CUDA,
+    map_location=device made Generator.set_state raise): the state is loaded with map_location cpu."""
+    seen = {}
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_load(*args, **kwargs)
+
+    settings = TrainSettings.from_dict(FAST)
+    kwargs = dict(method="lr", model_config={"kind": "lowres"}, settings=settings, threads=1, progress=False)
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_synth, tmp_path / "run.pt", **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    monkeypatch.setattr(torch, "load", spy)
+    train(tiny_synth, tmp_path / "run.pt", **kwargs)
+    assert seen.get("map_location") == "cpu" and seen.get("weights_only") is True
+
+
+def test_lr_decay_at_is_a_fraction_of_the_iterations():
+    settings = TrainSettings.from_dict({"iterations": 25000, "lr_decay_at": [0.6, 0.8, 1.0]})
+    assert settings.milestones == [15000, 20000, 25000]  # the authors' halvings
+    assert TrainSettings.from_dict({"iterations": 10, "lr_decay_at": [0.55]}).milestones == [6]
+    with pytest.raises(ValueError, match="lr_decay_at"):
+        TrainSettings.from_dict({"lr_decay_at": [15000]})
+
+
+@pytest.mark.parametrize("method", ["crd", "crd-flow", "crd-attn", "kd-hr"])
+def test_distilled_methods_get_the_authors_recipe_at_the_optimiser(tiny_synth, tmp_path, method):
+    """The rule of crd.recipes: Adam at 1e-4, halved after 60, 80 and 100 % of the steps, every pair
+    augmented, clipping 1.0; the iterations are the configuration's, as for every method. The
+    learning rate each step used is in the history."""
+    from crd.methods import load_method
+    from crd.recipes import DISTILLATION
+
+    spec = load_method(REPO / "baselines" / f"{method}.py")
+    assert spec.training == "distill" and spec.init == "lr"
+    assert {k: spec.train[k] for k in ("lr", "lr_decay_at", "lr_decay", "grad_clip", "augment_probability")} == {
+        k: DISTILLATION[k] for k in ("lr", "lr_decay_at", "lr_decay", "grad_clip", "augment_probability")
+    }
+    assert "iterations" not in spec.train  # no extra steps for a distilled method
+    teacher_model = FullResolutionNet() if spec.teacher == "hr" else FeatureShiftedTeacher()
+    teacher = save_checkpoint(tmp_path / "teacher.pt", teacher_model, method=spec.teacher)
+    init = save_checkpoint(tmp_path / "lr.pt", LowResolutionNet(), method="lr")
+    settings = TrainSettings.from_dict({**FAST, **spec.train, "iterations": 5, "checkpoint_every": 1})
+    out = train(tiny_synth, tmp_path / f"{method}.pt", method=method, model_config=spec.model, objective="distill",
+                settings=settings, init=init, teacher=teacher, threads=1, progress=False)  # fmt: skip
+    history = load_history(history_path(out))
+    used = history[history.metric == "learning_rate"].set_index("iteration")["value"]
+    # milestones at round(0.6 * 5) = 3 and 4 (and 5): steps 1-3 at 1e-4, step 4 at 5e-5, step 5 at 2.5e-5
+    assert used.to_dict() == pytest.approx({1: 1e-4, 2: 1e-4, 3: 1e-4, 4: 5e-5, 5: 2.5e-5})
+    weights = runpy.run_path(str(REPO / "baselines" / f"{method}.py"))["TRAIN"]
+    norms = history[history.metric.str.startswith("grad_norm_")].groupby("metric")["value"].max()
+    # a term weighted 0 contributes no gradient; a term weighted 1 does
+    assert (norms["grad_norm_flow"] > 0) == (weights["flow_weight"] > 0)
+    assert (norms["grad_norm_attention"] > 0) == (weights["attention_weight"] > 0)
+    assert isinstance(history, pd.DataFrame)

@@ -1,9 +1,10 @@
 """Registration models built from the one :class:`~crd.models.backbone.Backbone`.
 
 Every model maps ``(fixed, moving)``, each ``(B, 1, D, H, W)``, to a displacement field
-``(B, 3, D, H, W)`` on the fixed grid, in voxels of that grid (DESIGN.md conventions). Models that
+``(B, 3, D, H, W)`` on the fixed grid, in voxels of that grid (docs/conventions.md). Models that
 take part in distillation also implement ``forward_with_maps`` returning the field and four
-attention maps (per-voxel sum over channels of the squared features) ordered from fine to coarse.
+attention maps (per-voxel sum over channels of the squared features) on the grids 1/2, 1/4, 1/8
+and 1/16 of the input, fine to coarse, so that any teacher's maps pair with the x2 student's.
 
 - :class:`FullResolutionNet` - the backbone at full resolution (methods ``hr`` and, at width 0.5,
   ``hr-half``).
@@ -71,6 +72,15 @@ class FullResolutionNet(nn.Module):
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """``(B, 3, D, H, W)`` field in full-resolution voxels."""
         return self.backbone(_pair(fixed, moving))
+
+    def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Field and the attention maps of decode_2x, decode_4x, decode_8x, decode_16x (grids 1/2,
+        1/4, 1/8, 1/16 of the input: those of the x2 student's four maps, so this model can be
+        the teacher of plain distillation, method ``kd-hr``, with no resizing)."""
+        feats = self.backbone.features(_pair(fixed, moving))
+        flow = self.backbone.flow(feats["decode_1x"])
+        maps = [attention_map(feats[k]) for k in ("decode_2x", "decode_4x", "decode_8x", "decode_16x")]
+        return flow, maps
 
 
 class LowResolutionNet(nn.Module):
