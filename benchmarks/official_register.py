@@ -14,14 +14,20 @@ nilearn ships inside its package (T1 and grey/white matter probability maps; no 
   axes (no resampling) and cut to 160x192x224 voxels of 1 mm around the brain.
 
 Then, as a user would, in subprocesses: ``crd import-official`` for ``lr`` and ``fst``, and
-``crd register`` (CPU) for each, and prints the Dice per tissue before and after registration,
-the folding of each field, and what ``crd register`` printed (time and peak memory). Two settings:
+``crd register`` (CPU) for each, printing what ``crd register`` printed (time and peak memory),
+and at the end one table: the Dice per tissue before and after registration and the folding of
+each field. Two images, two records of the input normalisation, with ``crd register``'s DEFAULT
+options (the checkpoint's record decides), plus the explicit route:
 
-1. the images in [0, 1], normalised as the imported checkpoints record (min-max per image);
-2. OASIS-like intensities: both images scaled so that the template's white matter (median 222 of
-   255, near its maximum) sits at 110/255, where FreeSurfer's ``norm.mgz`` puts it, and registered
-   with ``--normalisation none``. After min-max the template's white matter is about twice as
-   bright as the networks saw in training, and the networks notice (see the numbers).
+- images: (a) the template in [0, 1] (min-max of the T1; its white matter sits near its maximum, at
+  about 0.84); (b) OASIS-like: both images scaled so that white matter sits at
+  110/255 = 0.43, where FreeSurfer's ``norm.mgz`` (and so OASIS ``aligned_norm``) puts it;
+- records: ``minmax``, what ``crd import-official`` recorded before it was fixed (each image
+  min-max scaled: an OASIS-like image gets its white matter doubled back to about 0.84), rebuilt
+  here by rewriting the ``input`` entry of a fresh import; ``none``, what it records now (images
+  fed as stored, as the authors' OasisTrain/OasisTest feed aligned_norm);
+- route: OASIS-like images with ``--normalisation none`` on the old record, the work-around before
+  the fix; it must give exactly the Dice of the new record's default.
 
 Orientation. OASIS ``aligned_norm`` (neurite-oasis) comes from FreeSurfer's ``norm.mgz``, whose
 voxel axes are FreeSurfer's conformed LIA (i: right -> left, j: superior -> inferior,
@@ -38,7 +44,7 @@ nilearn itself is never imported, and ``--no-deps`` leaves the packages crd-benc
 
     pip install --no-deps nilearn
 
-Run (about two minutes on 2 cores; ``--explore`` adds about five)::
+Run (about five minutes on 2 cores; ``--explore`` adds about five)::
 
     python benchmarks/official_register.py --official ../shared/crd-official --work /tmp/crd-official-bench
 """
@@ -60,7 +66,9 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from crd.deform import random_bspline_displacement
 from crd.metrics import dice_per_label, folding, jacobian_determinant
+from crd.models.checkpoint import atomic_torch_save, read_checkpoint
 from crd.models.functional import warp
+from crd.models.official import INPUT_SPEC
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (160, 192, 224)
@@ -70,6 +78,12 @@ TEMPLATE = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+#: the ``input`` entry ``crd import-official`` wrote before it was fixed (min-max per image)
+OLD_INPUT = {
+    **INPUT_SPEC,
+    "intensity": "min-max scaled to [0, 1] per image, as OASIS aligned_norm (skull-stripped, in [0, 1])",
+    "normalisation": "minmax",
 }
 
 
@@ -193,7 +207,7 @@ def explore(arrays: dict[str, np.ndarray], affine: np.ndarray, scale: float, arg
     print("orientation  before   1. min-max  2. OASIS-like")
     for codes in candidates:
         after = []
-        for pair, normalisation in ((arrays, None), (oasis_like, "none")):
+        for pair, normalisation in ((arrays, "minmax"), (oasis_like, "none")):
             out = args.work / f"explore_{codes}"
             p = write_pair(pair, affine, codes, out)
             fixed_labels = np.asanyarray(nib.load(str(p["fixed_labels"])).dataobj)
@@ -205,33 +219,37 @@ def explore(arrays: dict[str, np.ndarray], affine: np.ndarray, scale: float, arg
         print(f"{codes:11s}  {before:.4f}   {after[0]:.4f}      {after[1]:.4f}", flush=True)
 
 
-def register_both(paths: dict[str, Path], work: Path, args: argparse.Namespace, extra: list[str]) -> None:
-    """``crd import-official`` + ``crd register`` for lr and fst on one pair; print Dice and folding."""
-    fixed_labels = np.asanyarray(nib.load(str(paths["fixed_labels"])).dataobj)
-    rows = {"before": dice_row(fixed_labels, np.asanyarray(nib.load(str(paths["moving_labels"])).dataobj))}
-    folds = {}
+def import_checkpoints(args: argparse.Namespace) -> dict[tuple[str, str], Path]:
+    """``crd import-official`` for lr and fst (fresh, so no stale file is reused), and a copy of
+    each whose ``input`` entry is the one recorded before the fix: ``(kind, record) -> path``."""
     crd = crd_command()
+    out = {}
     for kind in ("lr", "fst"):
         ckpt = args.work / f"{kind}-official.pt"
-        if not ckpt.is_file():
-            run([*crd, "import-official", str(args.official / FILES[kind]), str(ckpt), "--kind", kind])
-        out = {k: work / f"{kind}_{k}.nii.gz" for k in ("warped", "flow", "warped_labels")}
-        run([
-            *crd, "register", "--checkpoint", str(ckpt), "--fixed", str(paths["fixed"]),
-            "--moving", str(paths["moving"]), "--out-warped", str(out["warped"]), "--out-flow", str(out["flow"]),
-            "--moving-labels", str(paths["moving_labels"]), "--out-warped-labels", str(out["warped_labels"]),
-            "--device", "cpu", "--threads", str(args.threads), *extra,
-        ])  # fmt: skip
-        rows[f"{kind}-official"] = dice_row(fixed_labels, np.asanyarray(nib.load(str(out["warped_labels"])).dataobj))
-        flow = nib.load(str(out["flow"])).get_fdata(dtype=np.float32)
-        folds[kind] = folding(jacobian_determinant(np.moveaxis(flow, -1, 0)))
-    print(f"\nDice, {'x'.join(map(str, SHAPE))} pair in {args.orientation}, labels {TISSUES}")
-    print(f"{'':14s}" + "".join(f"{name:>8s}" for name in [*TISSUES.values(), "mean"]))
-    for name, values in rows.items():
-        print(f"{name:14s}" + "".join(f"{v:8.4f}" for v in values))
-    for kind, f in folds.items():
-        print(f"{kind}-official folding: " + ", ".join(f"{k} {v:.4g}" for k, v in f.items()))
-    print(flush=True)
+        run([*crd, "import-official", str(args.official / FILES[kind]), str(ckpt), "--kind", kind])
+        payload = read_checkpoint(ckpt)
+        assert payload["input"]["normalisation"] == "none", payload["input"]
+        out[kind, "none"] = ckpt
+        out[kind, "minmax"] = args.work / f"{kind}-official-minmax-record.pt"
+        atomic_torch_save({**payload, "input": dict(OLD_INPUT)}, out[kind, "minmax"])
+    return out
+
+
+def register_one(paths: dict[str, Path], out: Path, ckpt: Path, args: argparse.Namespace, extra: list[str]):
+    """``crd register`` on one pair; returns (how the images were fed, Dice row, folding in %)."""
+    files = {k: out / f"{k}.nii.gz" for k in ("warped", "flow", "warped_labels")}
+    out.mkdir(parents=True, exist_ok=True)
+    printed = run([
+        *crd_command(), "register", "--checkpoint", str(ckpt), "--fixed", str(paths["fixed"]),
+        "--moving", str(paths["moving"]), "--out-warped", str(files["warped"]), "--out-flow", str(files["flow"]),
+        "--moving-labels", str(paths["moving_labels"]), "--out-warped-labels", str(files["warped_labels"]),
+        "--device", "cpu", "--threads", str(args.threads), *extra,
+    ])  # fmt: skip
+    fed = printed.split("(normalisation ", 1)[1].split(")", 1)[0]
+    fixed_labels = np.asanyarray(nib.load(str(paths["fixed_labels"])).dataobj)
+    dice = dice_row(fixed_labels, np.asanyarray(nib.load(str(files["warped_labels"])).dataobj))
+    flow = nib.load(str(files["flow"])).get_fdata(dtype=np.float32)
+    return fed, dice, folding(jacobian_determinant(np.moveaxis(flow, -1, 0)))["fold_pct"]
 
 
 def main() -> None:
@@ -253,21 +271,46 @@ def main() -> None:
 
     start = time.perf_counter()
     arrays, affine = template_pair(template_folder(), args.seed, args.max_displacement)
-
-    print("\n== 1. images in [0, 1], normalised as the checkpoints record (min-max per image)")
-    register_both(write_pair(arrays, affine, args.orientation, args.work), args.work, args, [])
-
     # FreeSurfer's norm.mgz puts white matter at 110 on a 0-255 scale; the template's is near its
     # maximum (median 222 of 255), so after min-max it is twice as bright as in OASIS aligned_norm
     wm = float(np.median(arrays["fixed"][arrays["fixed_labels"] == 3]))
     scale = (110.0 / 255.0) / wm
     oasis_like = {**arrays, "fixed": arrays["fixed"] * scale, "moving": arrays["moving"] * scale}
+    pairs = {
+        f"template, WM {wm:.2f}": write_pair(arrays, affine, args.orientation, args.work / "template"),
+        f"OASIS-like, WM {wm * scale:.2f}": write_pair(oasis_like, affine, args.orientation, args.work / "oasis_like"),
+    }
+    print(f"OASIS-like: both images times {scale:.3f}, so that white matter is at 110/255 as in norm.mgz / 255")
+    ckpts = import_checkpoints(args)
+    names = list(pairs)
+    settings = [  # (images, record, extra options)
+        (names[0], "minmax", []),
+        (names[0], "none", []),
+        (names[1], "minmax", []),
+        (names[1], "none", []),
+        (names[1], "minmax", ["--normalisation", "none"]),
+    ]
+    first = pairs[names[0]]
+    fixed_labels = np.asanyarray(nib.load(str(first["fixed_labels"])).dataobj)
+    before = dice_row(fixed_labels, np.asanyarray(nib.load(str(first["moving_labels"])).dataobj))
+    rows = []
+    for i, (images, record, extra) in enumerate(settings):
+        for kind in ("lr", "fst"):
+            out = args.work / f"run{i}_{kind}"
+            fed, dice, fold = register_one(pairs[images], out, ckpts[kind, record], args, extra)
+            rows.append((images, record, " ".join(extra) or "default", f"{kind}-official", fed, dice, fold))
+
+    tissues = "".join(f"{name:>7s}" for name in [*TISSUES.values(), "mean"])
     print(
-        f"== 2. OASIS-like intensities: both images times {scale:.3f}, so that white matter is at 110/255 as in "
-        "FreeSurfer's norm.mgz / 255; crd register --normalisation none"
+        f"\nDice, {'x'.join(map(str, SHAPE))} MNI152 pair in {args.orientation} (1 CSF, 2 GM, 3 WM); "
+        "crd register on the CPU; record = the checkpoint's input normalisation (minmax: as imported "
+        "before the fix, none: as now); fed = what the network got"
     )
-    register_both(write_pair(oasis_like, affine, args.orientation, args.work / "oasis_like"),
-                  args.work / "oasis_like", args, ["--normalisation", "none"])  # fmt: skip
+    print(f"{'images':19s} {'record':7s} {'options':20s} {'model':13s} {'fed':7s}{tissues} {'fold %':>7s}")
+    print(f"{'before registration':70s}" + "".join(f"{v:7.4f}" for v in before))
+    for images, record, options, model, fed, dice, fold in rows:
+        values = "".join(f"{v:7.4f}" for v in dice)
+        print(f"{images:19s} {record:7s} {options:20s} {model:13s} {fed:7s}{values} {fold:7.4f}")
     print(f"total wall time {time.perf_counter() - start:.1f} s")
     if args.explore:
         print()

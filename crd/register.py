@@ -7,7 +7,10 @@
 Steps: read the images with nibabel (any format it reads); check that fixed and moving share one
 voxel grid (same shape, affines equal within :data:`GRID_ATOL_MM`), since the networks register
 voxel arrays and do not resample; normalise intensities as the checkpoint's ``input`` entry says
-(or as ``--normalisation`` overrides it); zero-pad every side symmetrically to the model's
+(or as ``--normalisation`` overrides it; a checkpoint that records none, as ``crd train``'s, is fed
+the images as stored, as ``crd evaluate`` feeds dataset images), with a one-line warning for an
+image fed as stored whose intensities lie far outside [0, 1] (:func:`intensity_range_warning`);
+zero-pad every side symmetrically to the model's
 ``size_multiple`` (16 for the full-resolution backbone, 32 for the x2 low-resolution model and the
 teacher) and crop the field back; warp the moving image (its own intensities, trilinear) and
 labels (nearest neighbour); write the outputs atomically as NIfTI with the fixed image's affine
@@ -20,6 +23,7 @@ i, j, k axes), ``warped(p) = moving(p + u(p))`` with voxel centres at integer co
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +45,14 @@ from crd.runtime import configure_threads, select_device
 __all__ = [
     "GRID_ATOL_MM",
     "NORMALISATIONS",
+    "DEFAULT_NORMALISATION",
+    "RANGE_SLACK",
     "InputImageError",
     "RegistrationResult",
     "read_volume",
     "check_same_grid",
     "normalise_intensity",
+    "intensity_range_warning",
     "pad_to_multiple",
     "predict_flow",
     "write_volume",
@@ -57,6 +64,18 @@ GRID_ATOL_MM = 1e-3
 
 #: intensity normalisations a checkpoint's ``input`` entry (or ``--normalisation``) can ask for
 NORMALISATIONS = ("minmax", "none")
+
+#: for a checkpoint whose ``input`` entry records no normalisation (``crd train`` writes
+#: ``{"intensity": "dataset images scaled to [0, 1]"}``): images as stored, since the network was
+#: trained, and ``crd evaluate`` scores it, on crd-bench dataset images fed as stored (each dataset's
+#: own recipe to [0, 1]: HU window, percentile, or as distributed; never min-max per image)
+DEFAULT_NORMALISATION = "none"
+
+#: an image fed as stored (``"none"``) with values more than this below 0 or above 1 gets a warning:
+#: the networks saw [0, 1]; raw MRI (hundreds to thousands) or CT in HU is far outside
+RANGE_SLACK = 0.5
+
+log = logging.getLogger("crd.register")
 
 _SUFFIXES = (".nii.gz", ".nii")
 
@@ -85,6 +104,7 @@ class RegistrationResult:
     nvml_peak_mb: float | None = None
     mean_displacement: float = float("nan")
     outputs: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few lines for the terminal."""
@@ -173,9 +193,10 @@ def normalise_intensity(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
 
     ``spec["normalisation"]``: ``"minmax"`` maps [min, max] to [0, 1] (a constant image becomes
     0); ``"none"`` keeps the values. Checkpoints without the key (``crd train``'s, trained on
-    dataset images scaled to [0, 1]) get ``"minmax"``.
+    dataset images already in [0, 1] and fed as stored) get :data:`DEFAULT_NORMALISATION`,
+    ``"none"``.
     """
-    mode = spec.get("normalisation", "minmax")
+    mode = spec.get("normalisation", DEFAULT_NORMALISATION)
     image = np.asarray(image, dtype=np.float32)
     if mode == "none":
         return image
@@ -185,6 +206,24 @@ def normalise_intensity(image: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
             return np.zeros_like(image)
         return (image - lo) / (hi - lo)
     raise CheckpointError(f"the checkpoint's input normalisation {mode!r} is unknown: expected 'minmax' or 'none'")
+
+
+def intensity_range_warning(image: np.ndarray, name: str, path: Path, mode: str) -> str | None:
+    """One line if ``image``, fed to the network as ``mode`` says, lies far outside [0, 1].
+
+    Only ``"none"`` can: the image is fed as stored, and the networks were trained on [0, 1]
+    (values more than :data:`RANGE_SLACK` outside warn). Returns ``None`` when all is well.
+    """
+    if mode != "none" or image.size == 0:
+        return None
+    lo, hi = float(image.min()), float(image.max())
+    if lo >= -RANGE_SLACK and hi <= 1.0 + RANGE_SLACK:
+        return None
+    return (
+        f"crd register: warning: {name} {path}: intensities span [{lo:.4g}, {hi:.4g}], far outside [0, 1]; this "
+        "checkpoint takes images as stored (normalisation none) and its network was trained on [0, 1], so the "
+        "field is likely meaningless: pass --normalisation minmax, or scale the images to [0, 1] first"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,8 +333,11 @@ def register(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         threads: torch CPU threads (default: torch's choice).
         normalisation: ``"minmax"`` or ``"none"`` instead of what the checkpoint's ``input`` entry
-            says (see :func:`normalise_intensity`); for images already prepared as the weights
-            expect, e.g. OASIS-like intensities in [0, 1] for the authors' weights.
+            says (see :func:`normalise_intensity`): ``"minmax"`` for images that are not in [0, 1]
+            (raw scanner intensities), ``"none"`` for images already prepared as the weights expect.
+
+    An image fed as stored that lies far outside [0, 1] is logged as a one-line warning (logger
+    ``crd.register``; also in the result's ``warnings``) and registered all the same.
 
     Everything is checked before anything is written. Time and peak memory cover the field and
     the warps, after a warm-up on a tiny input; not reading, normalising or writing files.
@@ -322,14 +364,25 @@ def register(
     spec = dict(payload.get("input", {}))
     if normalisation is not None:
         spec["normalisation"] = normalisation
-    mode = spec.get("normalisation", "minmax")
+    mode = spec.get("normalisation", DEFAULT_NORMALISATION)
 
+    fixed_raw = _image_array(fixed_img)
     moving_raw = _image_array(moving_img)
+    warnings = [
+        w
+        for w in (
+            intensity_range_warning(fixed_raw, "fixed", Path(fixed), mode),
+            intensity_range_warning(moving_raw, "moving", Path(moving), mode),
+        )
+        if w is not None
+    ]
+    for w in warnings:
+        log.warning(w)
 
     def to_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))[None, None].to(dev)
 
-    fixed_t = to_tensor(normalise_intensity(_image_array(fixed_img), spec))
+    fixed_t = to_tensor(normalise_intensity(fixed_raw, spec))
     moving_t = to_tensor(normalise_intensity(moving_raw, spec))
     moving_raw_t = to_tensor(moving_raw)
     labels = _label_array(labels_img, Path(moving_labels)) if labels_img is not None else None
@@ -369,4 +422,5 @@ def register(
         nvml_peak_mb=m.nvml_peak_mb,
         mean_displacement=float(np.linalg.norm(flow_np, axis=-1).mean()),
         outputs=outputs,
+        warnings=warnings,
     )

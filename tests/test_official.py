@@ -229,7 +229,7 @@ def test_key_mapping_and_parameter_counts(random_imports, kind, n_params):
     assert payload["model"] == (
         {"kind": "lowres", "width": 1.0, "factor": 2} if kind == "lr" else {"kind": "fst", "width": 1.0}
     )
-    assert payload["input"]["normalisation"] == "minmax"
+    assert payload["input"]["normalisation"] == "none"
     training = payload["training"]
     assert training["source"] == "BlaiseBrain/CRD_registration"
     assert "not redistributed" in training["license"]
@@ -243,6 +243,19 @@ def test_the_released_files_are_recognised(tmp_path, kind):
     payload = read_checkpoint(import_official(OFFICIAL / FILES[kind], tmp_path / "m.pt", kind))
     assert payload["training"]["matches_release"] is True
     assert payload["training"]["upstream_file"].startswith("ckpt/")
+    assert payload["input"]["normalisation"] == "none"
+
+
+@pytest.mark.parametrize("kind", ["lr", "fst"])
+def test_the_input_record_says_images_are_fed_as_stored(random_imports, kind):
+    """The authors' OasisTrain/OasisTest read aligned_norm and convert it to float, no rescaling:
+    the checkpoint says "none" (crd register follows it), not min-max per image."""
+    record = read_checkpoint(random_imports[kind][1])["input"]
+    assert record["normalisation"] == "none"
+    assert "as stored" in record["intensity"] and "no per-image rescaling" in record["intensity"]
+    assert "aligned_norm" in record["intensity"] and "0.43" in record["intensity"]
+    assert "min-max" not in record["intensity"]
+    assert record["flow_channels"] == "D,H,W"
 
 
 def test_cli_import_official(random_imports, tmp_path, capsys):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -11,11 +14,11 @@ from scipy import ndimage
 
 from crd.cli import main
 from crd.errors import CheckpointError
-from crd.models.checkpoint import save_checkpoint
+from crd.models.checkpoint import load_model, save_checkpoint
 from crd.models.functional import warp
-from crd.models.official import import_official
+from crd.models.official import OFFICIAL_PREFIX, expected_shapes, import_official
 from crd.models.registration import IdentityNet, LowResolutionNet
-from crd.register import InputImageError, normalise_intensity, pad_to_multiple, register
+from crd.register import InputImageError, intensity_range_warning, normalise_intensity, pad_to_multiple, register
 from repo_paths import SHARED
 
 OFFICIAL = SHARED / "crd-official"
@@ -50,6 +53,22 @@ def pair(tmp_path):
         "fixed": save(tmp_path / "fixed.nii.gz", fixed),
         "moving": save(tmp_path / "moving.nii.gz", moving),
         "labels": save(tmp_path / "labels.nii.gz", labels),
+        "moving_array": moving,
+        "labels_array": labels,
+    }
+
+
+@pytest.fixture
+def unit_pair(tmp_path):
+    """Fixed and moving images inside [0, 1] but far from spanning it (min 0.02, max about 0.6, as
+    OASIS aligned_norm has white matter near 0.43): min-max per image changes them a lot."""
+    fixed = blob(SHAPE, 0) * 0.6 + 0.02
+    moving = blob(SHAPE, 1) * 0.6 + 0.02
+    labels = (moving > 0.3).astype(np.uint8)
+    return {
+        "fixed": save(tmp_path / "ufixed.nii.gz", fixed),
+        "moving": save(tmp_path / "umoving.nii.gz", moving),
+        "labels": save(tmp_path / "ulabels.nii.gz", labels),
         "moving_array": moving,
         "labels_array": labels,
     }
@@ -106,9 +125,9 @@ def test_lowres_model_is_padded_to_its_multiple_and_cropped_back(tmp_path, pair)
     torch.manual_seed(0)
     model = LowResolutionNet(width=0.25).eval()
     ckpt = save_checkpoint(tmp_path / "lr.pt", model, method="lr")
-    result = run(ckpt, pair, tmp_path / "out", threads=2)
+    result = run(ckpt, pair, tmp_path / "out", threads=2, normalisation="minmax")
     assert model.size_multiple == 32 and result.padded_shape == (64, 64, 64)
-    assert result.normalisation == "minmax"  # crd train's checkpoints: dataset images in [0, 1]
+    assert result.normalisation == "minmax" and result.warnings == []
     flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
     assert flow.shape == (*SHAPE, 3)
     np.testing.assert_allclose(nib.load(str(result.flow)).affine, AFFINE, atol=1e-5)
@@ -126,16 +145,118 @@ def test_lowres_model_is_padded_to_its_multiple_and_cropped_back(tmp_path, pair)
     assert np.array_equal(labels, expected_labels[0, 0].numpy().astype(np.uint8))
 
 
-def test_normalisation_can_be_overridden(tmp_path, pair):
-    torch.manual_seed(1)
+def random_official_checkpoint(path, kind="lr", seed=0):
+    """``crd import-official`` of random weights in the authors' format (scaled so activations
+    stay O(1)): a checkpoint whose ``input`` entry is the importer's."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in expected_shapes(kind).items():
+        if key.endswith(".weight"):
+            state[OFFICIAL_PREFIX + key] = torch.randn(*shape, generator=g) * (2.0 / (shape[1] * 27)) ** 0.5
+        else:
+            state[OFFICIAL_PREFIX + key] = torch.randn(*shape, generator=g) * 0.1
+    torch.save(state, path.with_suffix(".pth"))
+    return import_official(path.with_suffix(".pth"), path, kind)
+
+
+def _checkpoint_recording(tmp_path, record):
+    """A random LowResolutionNet checkpoint whose ``input`` entry records ``record`` (``None``: as
+    ``crd train`` writes it, with no normalisation), or the importer's (``"official"``)."""
+    if record == "official":
+        ckpt = random_official_checkpoint(tmp_path / "official.pt")
+        return load_model(ckpt)[0], ckpt
+    torch.manual_seed(2)
     model = LowResolutionNet(width=0.25).eval()
-    ckpt = save_checkpoint(tmp_path / "lr.pt", model, method="lr")
-    result = run(ckpt, pair, tmp_path / "out", normalisation="none")
+    spec = None if record is None else {"intensity": "test", "normalisation": record}
+    return model, save_checkpoint(tmp_path / "lr.pt", model, method="lr", input_spec=spec)
+
+
+@pytest.mark.parametrize(
+    "record, fed",
+    [("none", "none"), ("minmax", "minmax"), (None, "none"), ("official", "none")],
+    ids=["none", "minmax", "crd-train", "imported"],
+)
+def test_default_options_follow_the_checkpoint_record(tmp_path, unit_pair, caplog, record, fed):
+    """No --normalisation: a checkpoint that says "none" (the authors' weights; crd train's, which
+    say nothing, as crd evaluate feeds dataset images) gets the arrays unchanged; "minmax" gets
+    each image scaled to [0, 1]. Compared with the model called directly on the arrays."""
+    model, ckpt = _checkpoint_recording(tmp_path, record)
+    result = run(ckpt, unit_pair, tmp_path / "out")
+    assert result.normalisation == fed and result.warnings == [] and not caplog.records
+    flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
+    expected = expected_flow(model, unit_pair, minmax=fed == "minmax")
+    other = expected_flow(model, unit_pair, minmax=fed != "minmax")
+    np.testing.assert_allclose(flow, expected, atol=1e-5)
+    assert np.abs(expected - other).max() > 100 * 1e-5  # the two inputs give different fields
+
+
+def test_normalisation_can_be_overridden(tmp_path, pair, unit_pair):
+    model, ckpt = _checkpoint_recording(tmp_path, "minmax")
+    result = run(ckpt, unit_pair, tmp_path / "out", normalisation="none")
     assert result.normalisation == "none"
     flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
-    np.testing.assert_allclose(flow, expected_flow(model, pair, minmax=False), atol=1e-4)
+    np.testing.assert_allclose(flow, expected_flow(model, unit_pair, minmax=False), atol=1e-5)
+
+    model, ckpt = _checkpoint_recording(tmp_path, "official")
+    result = run(ckpt, pair, tmp_path / "out1", normalisation="minmax")
+    assert result.normalisation == "minmax" and result.warnings == []
+    flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
+    np.testing.assert_allclose(flow, expected_flow(model, pair, minmax=True), atol=1e-5)
     with pytest.raises(InputImageError, match="normalisation 'zscore': expected one of minmax, none"):
         run(ckpt, pair, tmp_path / "out2", normalisation="zscore")
+
+
+def test_images_far_outside_unit_range_fed_as_stored_are_warned_about(tmp_path, pair, unit_pair, caplog):
+    """Raw intensities (here 5 to about 800) given to a checkpoint that says "none": one line per
+    image naming the file, its range and the way out; the registration still runs."""
+    ckpt = save_checkpoint(
+        tmp_path / "identity.pt", IdentityNet(), method="identity", input_spec={"normalisation": "none"}
+    )
+    result = run(ckpt, pair, tmp_path / "out")
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+    assert [r.getMessage() for r in caplog.records] == result.warnings
+    for name, message in zip(("fixed", "moving"), result.warnings, strict=True):
+        assert "\n" not in message
+        hi = nib.load(str(pair[name])).get_fdata().max()
+        assert message.startswith(f"crd register: warning: {name} {pair[name]}: intensities span [5, {hi:.4g}]")
+        assert "far outside [0, 1]" in message and "pass --normalisation minmax" in message
+    assert result.warped.is_file()
+    caplog.clear()
+    assert run(ckpt, pair, tmp_path / "out2", normalisation="minmax").warnings == []  # rescaled: all well
+    assert run(ckpt, unit_pair, tmp_path / "out3").warnings == []
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    "lo, hi, mode, warns",
+    [(0.0, 1.0, "none", False), (-0.4, 1.4, "none", False), (0.0, 1.6, "none", True), (-0.6, 1.0, "none", True),
+     (0.0, 4000.0, "none", True), (0.0, 4000.0, "minmax", False)],
+)  # fmt: skip
+def test_intensity_range_warning_threshold(tmp_path, lo, hi, mode, warns):
+    image = np.array([lo, 0.5, hi], dtype=np.float32)
+    message = intensity_range_warning(image, "moving", tmp_path / "m.nii.gz", mode)
+    assert (message is not None) == warns
+    if warns:
+        assert f"[{lo:.4g}, {hi:.4g}]" in message
+
+
+def test_cli_warning_is_one_line_on_stderr(tmp_path):
+    """As a user sees it (no logging set up): a raw MRI-like image up to 4000, default options."""
+    ckpt = save_checkpoint(
+        tmp_path / "identity.pt", IdentityNet(), method="identity", input_spec={"normalisation": "none"}
+    )
+    fixed = save(tmp_path / "f.nii.gz", blob(SHAPE, 0) * 0.6)
+    moving = save(tmp_path / "raw.nii.gz", blob(SHAPE, 1) * 4000.0)
+    argv = ["register", "--checkpoint", str(ckpt), "--fixed", str(fixed), "--moving", str(moving)]
+    argv += ["--out-warped", str(tmp_path / "w.nii.gz"), "--device", "cpu", "--threads", "1"]
+    done = subprocess.run([sys.executable, "-m", "crd", *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    hi = nib.load(str(moving)).get_fdata().max()
+    assert lines[0].startswith(f"crd register: warning: moving {moving}: intensities span [0, {hi:.4g}]")
+    assert lines[0].endswith("pass --normalisation minmax, or scale the images to [0, 1] first")
+    assert "(normalisation none)" in done.stdout
 
 
 @pytest.mark.parametrize("shape, multiple", [((40, 50, 36), 32), ((5, 16, 17), 16), ((3, 4, 5), 1)])
@@ -152,9 +273,10 @@ def test_pad_to_multiple_centres_and_crops_back(shape, multiple):
 def test_normalisation_follows_the_checkpoint_record():
     image = np.array([[[2.0, 4.0, 6.0]]], dtype=np.float32)
     np.testing.assert_allclose(normalise_intensity(image, {"normalisation": "minmax"}), [[[0.0, 0.5, 1.0]]])
-    np.testing.assert_allclose(normalise_intensity(image, {}), [[[0.0, 0.5, 1.0]]])
     np.testing.assert_allclose(normalise_intensity(image, {"normalisation": "none"}), image)
-    assert not normalise_intensity(np.full((2, 2, 2), 3.0), {}).any()
+    # no record (crd train's checkpoints): as stored, as crd evaluate feeds dataset images
+    np.testing.assert_allclose(normalise_intensity(image, {}), image)
+    assert not normalise_intensity(np.full((2, 2, 2), 3.0), {"normalisation": "minmax"}).any()
     with pytest.raises(CheckpointError, match="normalisation 'zscore' is unknown"):
         normalise_intensity(image, {"normalisation": "zscore"})
 
@@ -165,7 +287,7 @@ def test_cli_round_trip_prints_time_and_memory(tmp_path, pair, capsys):
     argv = ["register", "--checkpoint", str(ckpt), "--fixed", str(pair["fixed"]), "--moving", str(pair["moving"])]
     assert main([*argv, "--out-warped", str(out / "w.nii"), "--device", "cpu", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "registered 40x50x36 with identity on cpu (normalisation minmax):" in printed and " s (field " in printed
+    assert "registered 40x50x36 with identity on cpu (normalisation none):" in printed and " s (field " in printed
     assert "peak RSS" in printed and f"wrote {out / 'w.nii'}" in printed
     assert sorted(p.name for p in out.iterdir()) == ["w.nii"]  # no temporary files left
 
@@ -259,7 +381,7 @@ def test_official_weights_identity_and_shifts_in_our_convention(tmp_path, kind):
     """fixed == moving: an identity-like result. A shift of the moving image by +2 voxels along one
     array axis: the mean field points along that axis (our channel order, our sign convention)."""
     ckpt = import_official(OFFICIAL / FILES[kind], tmp_path / f"{kind}.pt", kind)
-    image = blob((64, 80, 72)) * 255.0
+    image = blob((64, 80, 72)) * 0.6  # fed as stored, in [0, 1] as OASIS aligned_norm
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     fixed = save(tmp_path / "fixed.nii.gz", image, affine)
     result = register(ckpt, fixed, fixed, tmp_path / "same.nii.gz", out_flow=tmp_path / "u.nii.gz", device="cpu")

@@ -18,7 +18,16 @@ imported model needs no special case when it runs:
   (weight rows and bias entries) of every flow head (``flow``, and ``flow_f`` of the teacher) are
   reversed so that the model outputs (D, H, W), in voxels, as every crd-bench model does. Their
   warping convention (``moving(p + u(p))``, ``align_corners=True``) and call order
-  ``(fixed, moving)`` already equal ours.
+  ``(fixed, moving)`` already equal ours;
+- input intensities: recorded in the checkpoint's ``input`` entry (:data:`INPUT_SPEC`), which
+  ``crd register`` follows by default. The images are fed as stored, with no rescaling: the
+  authors' data loaders ``OasisTrain`` and ``OasisTest`` (``core/datasets.py`` of their
+  repository) read each ``aligned_norm.nii.gz`` with SimpleITK (``load_nii``:
+  ``sitk.GetArrayFromImage(sitk.ReadImage(path))``) and convert it with ``.float()``, nothing else
+  (their liver loaders, by contrast, divide by 255). OASIS ``aligned_norm`` is FreeSurfer's
+  ``norm.mgz`` scaled into [0, 1], white matter near 110/255 = 0.43. crd-bench recorded min-max per
+  image until this was checked; on a brain whose white matter is near its maximum that makes it about
+  twice as bright as in training, and the networks register worse (``benchmarks/official_register.py``).
 
 Nothing is written unless the file is exactly one of the two released layouts (keys and shapes);
 errors say what was expected and what was found. The weights are not redistributed by crd-bench.
@@ -101,11 +110,15 @@ RELEASES: dict[str, OfficialRelease] = {
 }
 
 #: how the released weights expect their input (recorded as the checkpoint's ``input`` entry and
-#: applied by ``crd register``): OASIS neurite-oasis ``aligned_norm`` images, which are
-#: skull-stripped and lie in [0, 1]; any image is min-max scaled to [0, 1].
+#: applied by ``crd register``): OASIS neurite-oasis ``aligned_norm`` images fed as stored, as the
+#: authors' ``OasisTrain`` / ``OasisTest`` do (they read the NIfTI and convert it to float, no
+#: rescaling; see the module docstring).
 INPUT_SPEC: dict[str, Any] = {
-    "intensity": "min-max scaled to [0, 1] per image, as OASIS aligned_norm (skull-stripped, in [0, 1])",
-    "normalisation": "minmax",
+    "intensity": (
+        "fed as stored: OASIS aligned_norm (FreeSurfer norm.mgz scaled into [0, 1], white matter near "
+        "110/255 = 0.43); no per-image rescaling, as the authors' OasisTrain/OasisTest"
+    ),
+    "normalisation": "none",
     "flow_channels": "D,H,W",
     "trained_on": "OASIS (neurite-oasis aligned_norm), 160x192x224 voxels of 1 mm, affinely aligned brains",
 }
