@@ -197,6 +197,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         build_report(
             [Path(t) for t in args.tables],
             Path(args.out),
+            histories=[Path(h) for h in args.histories or []],
             title=args.title,
             baseline=args.baseline,
             bench=Path(args.bench) if args.bench else None,
@@ -430,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("report", help="build results/report.html from evaluation tables")
-    r.add_argument("--tables", nargs="+", required=True, help="evaluation CSVs (with .json sidecars)")
+    r.add_argument("--tables", nargs="+", required=True, help="evaluation CSVs (with .json sidecars), any seeds")
+    r.add_argument("--histories", nargs="*", help="training histories (crd train's <model>.history.csv)")
     r.add_argument("--out", required=True, help="HTML file to write")
     r.add_argument("--baseline", default="hr", help="method the ratios are relative to (default hr)")
     r.add_argument("--title", default="crd-bench report", help="report title")

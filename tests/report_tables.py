@@ -49,10 +49,13 @@ def make_tables(
     device: str = "cpu",
     shape: tuple[int, int, int] = (12, 14, 16),
     seed: int = 0,
+    seeds: tuple[int, ...] = (0,),
+    noise: float = 0.03,
 ) -> list[Path]:
     """Write fake evaluation tables, sidecars and example NIfTIs under ``root``; return the CSVs.
 
-    ``datasets`` maps dataset name -> {method: (mean Dice, time, memory, params)}.
+    ``datasets`` maps dataset name -> {method: (mean Dice, time, memory, params)}; one table per
+    training seed in ``seeds`` (each seed shifts a method's Dice by a small seeded amount).
     """
     datasets = datasets or {"ds_a": PROFILE, "ds_b": PROFILE}
     rng = np.random.default_rng(seed)
@@ -66,10 +69,13 @@ def make_tables(
         moving_path = _save(moving_img, img_dir / "m0.nii.gz")
         labels_path = _save(fixed_lab, img_dir / "f0_labels.nii.gz")
         pairs = [(f"f{i}", f"m{i}") for i in range(n_pairs)]
-        for method, (dice, t, mem, params) in profile.items():
+        for method, (dice, t, mem, params), train_seed in (
+            (m, v, ts) for m, v in profile.items() for ts in seeds
+        ):
             rows = []
+            dice = dice + (0.0 if method == "identity" else 0.01 * (train_seed - np.mean(seeds)))
             for fx, mv in pairs:
-                per_label = np.clip(dice + rng.normal(0, 0.03, n_labels), 0, 1)
+                per_label = np.clip(dice + rng.normal(0, noise, n_labels), 0, 1)
                 for lab, v in enumerate(per_label, start=1):
                     rows.append((fx, mv, "dice", lab, float(v)))
                     rows.append((fx, mv, "hd95_mm", lab, float(5 * (1 - v) + rng.uniform())))
@@ -92,15 +98,17 @@ def make_tables(
                     rows.append((fx, mv, "peak_rss_mb", "", mem * float(rng.uniform(0.95, 1.05))))
             rows.append(("", "", "params", "", params))
             frame = pd.DataFrame(rows, columns=["fixed", "moving", "metric", "label", "value"])
+            frame.insert(0, "seed", train_seed)
             frame.insert(0, "method", method)
             frame.insert(0, "dataset", ds)
-            csv = root / "tables" / f"{ds}__{method}.csv"
+            csv = root / "tables" / f"{ds}__{method}__s{train_seed}.csv"
             csv.parent.mkdir(parents=True, exist_ok=True)
             frame.to_csv(csv, index=False)
             warped_img, _ = _volume(shape, SHIFT.get(method, 0), seed=d_i)
             sidecar = {
                 "dataset": ds,
                 "method": method,
+                "seed": train_seed,
                 "device": device,
                 "device_name": "Fake CPU" if device == "cpu" else "Fake GPU",
                 "torch": "2.5.0",
@@ -119,3 +127,19 @@ def make_tables(
             csv.with_suffix(".json").write_text(json.dumps(sidecar))
             paths.append(csv)
     return paths
+
+
+def make_history(root: Path, dataset: str, method: str, seed: int = 0, *, start: float = 0.5, end: float = 0.8,
+                 distilled: bool = False) -> Path:  # fmt: skip
+    """A fake training history (crd.tidy.HISTORY_COLUMNS): validation Dice from ``start`` to ``end``."""
+    rows = []
+    for i, it in enumerate((0, 50, 100)):
+        rows.append((dataset, method, seed, it, "val_dice", start + (end - start) * i / 2))
+        rows.append((dataset, method, seed, it, "val_loss", -0.2 - 0.1 * i))
+        if it and distilled:
+            rows.append((dataset, method, seed, it, "flow_mse", 0.5 / i))
+            rows.append((dataset, method, seed, it, "attention_mse", 2.0 / i))
+    path = root / f"{dataset}__{method}__s{seed}.history.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["dataset", "method", "seed", "iteration", "metric", "value"]).to_csv(path, index=False)
+    return path

@@ -16,6 +16,8 @@ TINY = {
         "synth": {
             "source": "synth",
             "generate": {
+                "template": "blobs",
+                "fine_deformation": 0,
                 "seed": 3,
                 "subjects": 7,
                 "shape": [32, 32, 32],
@@ -69,16 +71,17 @@ def test_a_new_method_is_one_file_and_one_config_entry(tmp_path):
     (plugins / "external.py").write_text('"""external: scored by its own rule."""\nMODEL = None\n')
     (plugins / "external.smk").write_text(
         "rule external:\n"
-        '    output: eval_path("{dataset}", "external", "csv"), eval_path("{dataset}", "external", "json"),\n'
-        '            eval_path("{dataset}", "external", "example.nii.gz")\n'
-        '    log: "results/{dataset}/logs/external.log"\n'
+        '    output: eval_path("{dataset}", "external", "{seed}", "csv"),\n'
+        '            eval_path("{dataset}", "external", "{seed}", "json"),\n'
+        '            eval_path("{dataset}", "external", "{seed}", "example.nii.gz")\n'
+        '    log: log_path("{dataset}", "{seed}", "external")\n'
         '    shell: "touch {output} {log}"\n'
     )
     config = {**TINY, "baselines": str(plugins), "methods": ["hr", "hr-quarter", "external"]}
     out = snakemake(tmp_path, config, "-n")
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
-    assert "results/synth/models/hr-quarter.pt" in text
+    assert "results/synth/seed0/models/hr-quarter.pt" in text
     assert "rule external:" in text
 
 
@@ -88,9 +91,15 @@ def test_tiny_end_to_end_run_then_nothing_to_do(tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     report = (tmp_path / "results" / "report.html").read_text()
     for method in ("identity", "hr", "lr", "hr-half", "fst", "crd"):
-        table = pd.read_csv(tmp_path / "results" / "synth" / "eval" / f"{method}.csv")
+        table = pd.read_csv(tmp_path / "results" / "synth" / "seed0" / "eval" / f"{method}.csv")
         assert {"dice", "hd95_mm", "fold_pct", "sdlogj", "time_s", "peak_rss_mb"} <= set(table.metric)
+        assert set(table.seed) == {0}
         assert f">{method}<" in report
+        if method != "identity":  # every trained method leaves its history beside its checkpoint
+            history = pd.read_csv(tmp_path / "results" / "synth" / "seed0" / "models" / f"{method}.history.csv")
+            assert {"val_dice", "loss"} <= set(history.metric) and history.iteration.min() == 0
+    assert "<h3>Training curves</h3>" in report and "<h3>Comparisons</h3>" in report
+    assert "crd vs lr: Dice" in report and "fst vs lr: Dice" in report
     assert "data:image/png;base64" in report
     bench = pd.read_csv(tmp_path / "results" / "bench" / "bench.csv")
     assert set(bench.method) == {"identity", "hr", "lr", "hr-half", "fst", "crd"}
@@ -185,8 +194,8 @@ def test_test_only_set_is_scored_with_the_models_of_train_on(tmp_path):
     }
     out = snakemake(tmp_path, config)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert not (tmp_path / "results" / "lspig" / "models").exists()  # nothing trained on lspig
-    table = pd.read_csv(tmp_path / "results" / "lspig" / "eval" / "lr.csv")
+    assert not (tmp_path / "results" / "lspig" / "seed0" / "models").exists()  # nothing trained on lspig
+    table = pd.read_csv(tmp_path / "results" / "lspig" / "seed0" / "eval" / "lr.csv")
     table = table.dropna(subset=["fixed"])  # per-pair rows (params etc. have no pair)
     assert set(zip(table.fixed, table.moving, strict=True)) == {
         ("p1_pregas", "p1_aftergas"), ("p1_aftergas", "p1_pregas"),

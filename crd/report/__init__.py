@@ -1,5 +1,5 @@
-"""The single-file HTML report, built from the tidy evaluation tables (nothing recomputed)."""
+"""The single-file HTML report (crd report)."""
 
-from crd.report.build import build_report, load_table
+from crd.report.build import build_report
 
-__all__ = ["build_report", "load_table"]
+__all__ = ["build_report"]

@@ -1,9 +1,10 @@
-"""Build the single-file HTML report from the tidy evaluation tables.
+"""Build the single-file HTML report from the tidy evaluation tables and training histories.
 
-The report only *reads*: the tidy long tables written by evaluation (one CSV per (dataset, method),
-columns ``dataset, method, fixed, moving, metric, label, value``), their JSON sidecars, and the
-example images the sidecars name. No metric is recomputed here; a value the tables do not hold is
-shown as "—".
+The report only *reads*: the tidy tables written by evaluation (one CSV per dataset, method and
+seed, :data:`crd.tidy.TABLE_COLUMNS`), their JSON sidecars and the example images they name, the
+training histories (:data:`crd.tidy.HISTORY_COLUMNS`) and the bench table. Aggregation and
+statistics are :mod:`crd.report.summary` (which uses :mod:`crd.stats`), figures
+:mod:`crd.report.plots`; nothing is re-measured. A value the tables do not hold is shown as "—".
 
 Output: one self-contained HTML file (inline CSS, plots embedded as base64 PNG, no external URLs),
 written atomically (temporary file in the target folder, then ``os.replace``).
@@ -11,36 +12,40 @@ written atomically (temporary file in the target folder, then ``os.replace``).
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import io
 import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import numpy as np
 import pandas as pd
 
+from crd import stats
 from crd.atomic import write_text_atomic
 from crd.bench import COLUMNS
+from crd.report import plots
+from crd.report.format import DASH, fmt_mean_sd, fmt_num, fmt_p, fmt_params, fmt_ratio, fmt_signed
+from crd.report.summary import (
+    COMPARED_METRICS,
+    ComparisonRow,
+    MethodResult,
+    Stat,
+    compare,
+    comparison_plan,
+    summarise,
+)
+from crd.tidy import Table, load_history, load_table, sidecar_path
 
-__all__ = ["build_report", "load_table", "REQUIRED_COLUMNS", "PAIRS_OF_INTEREST"]
+__all__ = ["build_report", "METRIC_DEFINITIONS"]
 
 log = logging.getLogger(__name__)
 
-REQUIRED_COLUMNS = ("dataset", "method", "fixed", "moving", "metric", "label", "value")
-#: (method, other) pairs for which the report writes a measured comparison sentence.
-PAIRS_OF_INTEREST = (("crd", "lr"), ("crd", "hr"))
 #: Dice is always shown with this many decimals (the comparison sentences use the same rounding).
 DICE_DECIMALS = 3
-DASH = "—"
-_NAN_SPELLINGS = frozenset({"nan", "-nan", "na", "n/a", "null", "none", "<na>"})
 
 METRIC_DEFINITIONS = (
     (
@@ -49,308 +54,63 @@ METRIC_DEFINITIONS = (
         "the labels present in both the fixed and the moving label map.",
     ),
     (
+        "DSC30",
+        "robustness: the 30th percentile of the per-pair Dice, as Learn2Reg's evaluation script "
+        "computes it (np.quantile(per-pair means, 0.3)); per seed, then averaged over seeds.",
+    ),
+    (
         "HD95",
         "symmetric 95th-percentile Hausdorff distance between label surfaces in millimetres "
         "(voxel spacing from the image header), as defined by DeepMind's surface-distance "
-        "package (compute_robust_hausdorff(..., 95)); the pair's value is the mean over "
-        "labels.",
+        "package (compute_robust_hausdorff(..., 95)); the pair's value is the mean over labels.",
     ),
     (
         "Fold %",
-        "percentage of voxels with det(I + ∇u) ≤ 0, the Jacobian taken by central "
-        "differences; the mean count of such voxels is shown beneath it.",
+        "percentage of voxels with det(I + ∇u) ≤ 0, the Jacobian taken by central differences; "
+        "the mean count of such voxels is shown beneath it.",
     ),
     (
         "SDlogJ",
-        "standard deviation of log det(J) over the voxels with det(J) > 0 (no +3 offset); "
-        "the percentage of voxels excluded because det(J) ≤ 0 is shown beneath it.",
+        "standard deviation of log det(J) over the voxels with det(J) > 0 (no +3 offset); the "
+        "percentage of voxels excluded because det(J) ≤ 0 is shown beneath it.",
     ),
     (
         "Time",
-        "inference wall time per pair in seconds: predicting the field plus warping the "
-        "moving image (CUDA runs synchronised).",
+        "inference wall time per pair in seconds: predicting the field plus warping the moving "
+        "image (CUDA runs synchronised).",
     ),
     (
         "Peak memory",
-        "on CPU, the peak resident set size above the pre-inference baseline during "
-        "inference (MB); on CUDA, the PyTorch allocator peak and NVML's per-process "
-        "figure, which includes the CUDA context (MB).",
+        "on CPU, the peak resident set size above the pre-inference baseline during inference "
+        "(MB); on CUDA, the PyTorch allocator peak and NVML's per-process figure, which includes "
+        "the CUDA context (MB).",
     ),
     ("Params", "number of trainable parameters of the method's model."),
     (
         "Edge cases",
-        "totals over test pairs of labels_missing (spec labels absent from the fixed "
-        "or moving label map, hence not in that pair's mean) and labels_vanished "
-        "(labels that disappear after warping; they stay in the average).",
+        "totals over test pairs (per seed, averaged over seeds) of labels_missing (spec labels "
+        "absent from the fixed or moving label map, hence not in that pair's mean) and "
+        "labels_vanished (labels that disappear after warping; they stay in the average).",
     ),
     (
-        "mean ± std",
-        "over test pairs; std is the sample standard deviation (ddof = 1). "
-        "'n = k of N' marks cells where only k of the N pairs had a finite value.",
+        "mean ± sd, seeds",
+        "a method's value on a pair is the mean over its training seeds; mean ± sd are over test "
+        "pairs (sd with ddof = 1). 'seeds' under Dice: mean ± sd over seeds of the per-seed mean "
+        "Dice. 'n = k of N' marks cells where only k of the N pairs had a finite value.",
+    ),
+    (
+        "Comparisons",
+        "paired over the common test pairs (seed-averaged values): Δ = mean of A − B with a 95 % "
+        "percentile-bootstrap interval (10,000 resamples of pairs, seeded); p = two-sided paired "
+        "Wilcoxon signed-rank test (exact for small samples without ties); p (Holm) = Holm's "
+        "step-down correction over every comparison and metric of the dataset; a difference is "
+        "called significant when p (Holm) ≤ 0.05. W/T/L = pairs where A is higher / equal / lower. "
+        "Across seeds: mean ± sd of the per-seed mean differences.",
     ),
 )
 
 
-# ----------------------------------------------------------------------------------------- loading
-
-
-@dataclass
-class Table:
-    """One evaluation table and its sidecar."""
-
-    path: Path
-    frame: pd.DataFrame
-    sidecar: dict[str, Any]
-    dataset: str
-    method: str
-
-
-def _sidecar_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def load_table(path: str | os.PathLike) -> Table:
-    """Read and validate one tidy table ``X.csv`` and its sidecar ``X.json``.
-
-    Raises ``ValueError`` naming the file when the table is missing, unreadable, lacks a required
-    column, has no rows, holds a non-numeric value, or mixes several (dataset, method); and when the
-    sidecar exists but is not a JSON object or names another dataset/method. A missing sidecar is
-    tolerated (the report says so).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: table not found")
-    try:
-        frame = pd.read_csv(
-            path,
-            dtype={c: str for c in REQUIRED_COLUMNS if c != "value"},
-            keep_default_na=False,
-            na_values=[""],
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: cannot read as CSV ({err})") from err
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{path}: missing column(s) {missing}; expected columns {list(REQUIRED_COLUMNS)}, "
-            f"got {list(frame.columns)}"
-        )
-    if frame.empty:
-        raise ValueError(f"{path}: table has no rows")
-    for col in ("dataset", "method", "metric"):
-        if frame[col].isna().any():
-            bad = int(frame[col].isna().idxmax()) + 2  # header is line 1
-            raise ValueError(f"{path}: empty '{col}' on line {bad}")
-    value = pd.to_numeric(frame["value"], errors="coerce")
-    spelled_nan = frame["value"].astype(str).str.strip().str.lower().isin(_NAN_SPELLINGS)
-    bad_value = value.isna() & frame["value"].notna() & ~spelled_nan
-    if bad_value.any():
-        i = int(bad_value.idxmax())
-        raise ValueError(f"{path}: non-numeric value {frame['value'].iloc[i]!r} on line {i + 2}")
-    frame = frame.assign(value=value.astype(float))
-    keys = frame[["dataset", "method"]].drop_duplicates()
-    if len(keys) != 1:
-        raise ValueError(
-            f"{path}: expected one (dataset, method) per table, got "
-            f"{[tuple(r) for r in keys.itertuples(index=False)]}"
-        )
-    dataset, method = (str(v) for v in keys.iloc[0])
-
-    sidecar: dict[str, Any] = {}
-    side = _sidecar_path(path)
-    if side.is_file():
-        try:
-            sidecar = json.loads(side.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{side}: sidecar is not valid JSON ({err})") from err
-        if not isinstance(sidecar, dict):
-            raise ValueError(f"{side}: sidecar must be a JSON object, got {type(sidecar).__name__}")
-        for key, want in (("dataset", dataset), ("method", method)):
-            if sidecar.get(key) not in (None, want):
-                raise ValueError(
-                    f"{side}: sidecar {key} {sidecar[key]!r} does not match table {path} ({want!r})"
-                )
-    else:
-        log.warning("%s: no sidecar %s", path, side)
-    return Table(path=path, frame=frame, sidecar=sidecar, dataset=dataset, method=method)
-
-
-# ------------------------------------------------------------------------------------- summarising
-
-
-@dataclass
-class Stat:
-    """Mean ± std of a metric over pairs (finite values only) and how many values went in."""
-
-    mean: float
-    std: float
-    n: int  # finite values used
-    total: int  # values present in the table
-
-    @classmethod
-    def of(cls, values: pd.Series) -> Stat | None:
-        if values.empty:
-            return None
-        arr = values.to_numpy(dtype=float)
-        finite = arr[np.isfinite(arr)]
-        if finite.size == 0:
-            return cls(float("nan"), float("nan"), 0, arr.size)
-        std = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
-        return cls(float(np.mean(finite)), std, int(finite.size), int(arr.size))
-
-
-@dataclass
-class MethodSummary:
-    method: str
-    table: Table
-    device: str
-    stats: dict[str, Stat | None]
-    pairs: set[tuple[str, str]]
-    pair_dice: pd.Series  # pair-mean Dice indexed by (fixed, moving)
-    label_dice: pd.Series  # mean per-label Dice indexed by integer label
-    missing_total: int | None
-    vanished_total: int | None
-    mem_metric: str | None  # the memory metric plotted and used for ratios
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.startswith("cuda")
-
-
-_PAIR_METRICS = (
-    "dice",
-    "hd95_mm",
-    "fold_pct",
-    "fold_count",
-    "sdlogj",
-    "logj_excluded_pct",
-    "time_s",
-    "peak_rss_mb",
-    "cuda_alloc_peak_mb",
-    "nvml_peak_mb",
-    "params",
-)
-
-
-def _summarise(table: Table) -> MethodSummary:
-    df = table.frame
-    top = df[df["label"].isna()]  # pair-level (and method-level) rows
-    stats = {m: Stat.of(top.loc[top["metric"] == m, "value"]) for m in _PAIR_METRICS}
-    has_pair = df["fixed"].notna() & df["moving"].notna()
-    pairs = set(zip(df.loc[has_pair, "fixed"], df.loc[has_pair, "moving"], strict=True))
-
-    dice_rows = top[(top["metric"] == "dice") & top["fixed"].notna() & top["moving"].notna()]
-    pair_dice = dice_rows.groupby(["fixed", "moving"])["value"].mean()
-
-    per_label = df[(df["metric"] == "dice") & df["label"].notna()].copy()
-    per_label["label_num"] = pd.to_numeric(per_label["label"], errors="coerce")
-    label_dice = per_label.dropna(subset=["label_num"]).groupby("label_num")["value"].mean()
-    label_dice.index = label_dice.index.astype(int)
-
-    def total(metric: str) -> int | None:
-        vals = df.loc[df["metric"] == metric, "value"]
-        return None if vals.empty else int(np.nansum(vals.to_numpy()))
-
-    device = str(table.sidecar.get("device") or "")
-    if not device:
-        device = "cuda" if stats["cuda_alloc_peak_mb"] is not None else "cpu"
-    if device.startswith("cuda"):
-        mem_metric = "cuda_alloc_peak_mb" if stats["cuda_alloc_peak_mb"] else "nvml_peak_mb"
-    else:
-        mem_metric = "peak_rss_mb"
-    if stats.get(mem_metric) is None:
-        mem_metric = None
-
-    notes = []
-    n_side = table.sidecar.get("n_pairs")
-    if isinstance(n_side, int) and n_side != len(pairs):
-        notes.append(f"sidecar says n_pairs = {n_side} but the table holds {len(pairs)} pairs")
-    if not table.sidecar:
-        notes.append(f"no sidecar {_sidecar_path(table.path)}")
-    return MethodSummary(
-        method=table.method,
-        table=table,
-        device=device,
-        stats=stats,
-        pairs=pairs,
-        pair_dice=pair_dice,
-        label_dice=label_dice,
-        missing_total=total("labels_missing"),
-        vanished_total=total("labels_vanished"),
-        mem_metric=mem_metric,
-        notes=notes,
-    )
-
-
-# ------------------------------------------------------------------------------------- formatting
-
-
-def _decimals(x: float, sig: int = 3, cap: int = 6) -> int:
-    if x == 0 or not math.isfinite(x):
-        return 0
-    return min(cap, max(0, sig - 1 - math.floor(math.log10(abs(x)))))
-
-
-def fmt_num(x: float | None, decimals: int | None = None) -> str:
-    """Format a number to 3 significant digits (or fixed ``decimals``), thousands separated."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return DASH
-    if math.isinf(x):
-        return "∞" if x > 0 else "−∞"
-    d = _decimals(x) if decimals is None else decimals
-    return f"{x:,.{d}f}"
-
-
-def fmt_stat(s: Stat | None, decimals: int | None = None) -> str:
-    """``"mean ± std"`` using the mean's decimals for both; ``"—"`` when absent."""
-    if s is None or s.n == 0:
-        return DASH
-    d = _decimals(s.mean) if decimals is None else decimals
-    text = fmt_num(s.mean, d)
-    if s.n > 1:
-        text += f" ± {fmt_num(s.std, d)}"
-    return text
-
-
-def fmt_params(x: float | None) -> str:
-    if x is None or not math.isfinite(x):
-        return DASH
-    for div, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{unit}"
-    return f"{x:.0f}"
-
-
-def fmt_ratio(r: float | None) -> str:
-    """``"0.21×"``: two decimals between 0.01 and 100, otherwise scientific/integer."""
-    if r is None or not math.isfinite(r):
-        return DASH
-    if r == 0:
-        return "0×"
-    if abs(r) >= 100:
-        return f"{r:,.0f}×"
-    if abs(r) < 0.01:
-        return f"{r:.1e}×"
-    return f"{r:.2f}×"
-
-
-def _ratio(a: Stat | None, b: Stat | None) -> float | None:
-    if a is None or b is None or a.n == 0 or b.n == 0 or b.mean == 0:
-        return None
-    return a.mean / b.mean
-
-
-# -------------------------------------------------------------------------------------- rows
-
-
-@dataclass
-class Cell:
-    text: str
-    ratio: str | None = None
-    sub: str | None = None
-    bold: bool = False
-    note: str | None = None
+# ------------------------------------------------------------------------------------------ table
 
 
 def _coverage(s: Stat | None, n_pairs: int) -> str | None:
@@ -360,370 +120,153 @@ def _coverage(s: Stat | None, n_pairs: int) -> str | None:
     return f"n = {s.n} of {expected}" if s.n < expected else None
 
 
-def _rows(summaries: list[MethodSummary], base: MethodSummary | None) -> list[dict[str, Any]]:
-    dice_means = [
-        round(s.stats["dice"].mean, DICE_DECIMALS)
-        for s in summaries
-        if s.stats["dice"] is not None and s.stats["dice"].n
-    ]
-    best = max(dice_means) if dice_means else None
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b) or b == 0:
+        return None
+    return a / b
+
+
+def _cell(r: MethodResult, base: MethodResult | None, metric: str, places: int | None = None,
+          same_device: bool = False) -> dict[str, Any]:  # fmt: skip
+    s = r.stat(metric)
+    cell = {"text": fmt_mean_sd(s.mean, s.sd, s.n, places) if s else DASH, "note": _coverage(s, len(r.pair))}
+    if base is not None and (not same_device or base.device == r.device):
+        b = base.stat(metric)
+        cell["ratio"] = fmt_ratio(_ratio(s.mean if s else None, b.mean if b else None))
+    return cell
+
+
+def _rows(results: list[MethodResult], base: MethodResult | None) -> list[dict[str, Any]]:
+    means = [round(r.stat("dice").mean, DICE_DECIMALS) for r in results if r.stat("dice") and r.stat("dice").n]
+    best = max(means) if means else None
     rows = []
-    for s in summaries:
-        st = s.stats
-        n = len(s.pairs)
-
-        def cell(
-            metric: str, decimals: int | None = None, same_device: bool = False, st=st, s=s, n=n
-        ) -> Cell:
-            ratio = None
-            if base is not None and (not same_device or base.device == s.device):
-                ratio = fmt_ratio(_ratio(st[metric], base.stats[metric]))
-            return Cell(fmt_stat(st[metric], decimals), ratio=ratio, note=_coverage(st[metric], n))
-
-        dice = cell("dice", DICE_DECIMALS)
-        dice.bold = (
-            best is not None
-            and st["dice"] is not None
-            and st["dice"].n > 0
-            and round(st["dice"].mean, DICE_DECIMALS) == best
-        )
-        fold = cell("fold_pct")
-        if st["fold_count"] is not None and st["fold_count"].n:
-            fold.sub = f"count {fmt_num(st['fold_count'].mean)}"
-        sd = cell("sdlogj")
-        if st["logj_excluded_pct"] is not None and st["logj_excluded_pct"].n:
-            sd.sub = f"excl. {fmt_num(st['logj_excluded_pct'].mean)}%"
-
-        if s.is_cuda:
-            alloc, nvml = st["cuda_alloc_peak_mb"], st["nvml_peak_mb"]
-            mem = Cell(
-                f"alloc {fmt_stat(alloc)}" if alloc else DASH,
-                sub=f"NVML {fmt_stat(nvml)}" if nvml else None,
-                note=_coverage(alloc, n),
-            )
-        else:
-            mem = Cell(fmt_stat(st["peak_rss_mb"]), note=_coverage(st["peak_rss_mb"], n))
-        if base is not None and s.mem_metric and s.mem_metric == base.mem_metric:
-            mem.ratio = fmt_ratio(_ratio(st[s.mem_metric], base.stats[s.mem_metric]))
-        elif base is not None:
-            mem.ratio = DASH
-
-        params = Cell(fmt_params(st["params"].mean if st["params"] and st["params"].n else None))
+    for r in results:
+        dice = _cell(r, base, "dice", DICE_DECIMALS)
+        d = r.stat("dice")
+        dice["bold"] = best is not None and d is not None and d.n > 0 and round(d.mean, DICE_DECIMALS) == best
+        mean, sd, n = r.seed_spread()
+        dice["sub"] = f"seeds: {fmt_mean_sd(mean, sd, n, DICE_DECIMALS)} ({n})" if n > 1 else "1 seed"
+        dsc30 = {"text": fmt_num(r.dsc30, DICE_DECIMALS)}
         if base is not None:
-            params.ratio = fmt_ratio(_ratio(st["params"], base.stats["params"]))
-
-        edge = " / ".join(
-            DASH if v is None else str(v) for v in (s.missing_total, s.vanished_total)
-        )
+            dsc30["ratio"] = fmt_ratio(_ratio(r.dsc30, base.dsc30))
+        fold = _cell(r, base, "fold_pct")
+        if r.stat("fold_count") and r.stat("fold_count").n:
+            fold["sub"] = f"count {fmt_num(r.stat('fold_count').mean)}"
+        sd_cell = _cell(r, base, "sdlogj")
+        if r.stat("logj_excluded_pct") and r.stat("logj_excluded_pct").n:
+            sd_cell["sub"] = f"excl. {fmt_num(r.stat('logj_excluded_pct').mean)}%"
+        if r.is_cuda:
+            alloc, nvml = r.stat("cuda_alloc_peak_mb"), r.stat("nvml_peak_mb")
+            mem = {
+                "text": f"alloc {fmt_mean_sd(alloc.mean, alloc.sd, alloc.n)}" if alloc else DASH,
+                "sub": f"NVML {fmt_mean_sd(nvml.mean, nvml.sd, nvml.n)}" if nvml else None,
+                "note": _coverage(alloc, len(r.pair)),
+            }
+        else:
+            mem = _cell(r, None, "peak_rss_mb")
+        if base is not None:
+            same = r.mem_metric and r.mem_metric == base.mem_metric
+            mem["ratio"] = (
+                fmt_ratio(_ratio(r.stat(r.mem_metric).mean, base.stat(base.mem_metric).mean)) if same else DASH
+            )
+        params = {"text": fmt_params(r.params)}
+        if base is not None:
+            params["ratio"] = fmt_ratio(_ratio(r.params, base.params))
+        edge = " / ".join(DASH if v is None else fmt_num(v, 0 if v == int(v) else 1)
+                          for v in (r.missing_total, r.vanished_total))  # fmt: skip
         rows.append(
             {
-                "method": s.method,
-                "device": s.device,
-                "n_pairs": n,
-                "is_baseline": base is not None and s is base,
+                "method": r.method,
+                "device": r.device,
+                "n_pairs": len(r.pair),
+                "is_baseline": base is not None and r is base,
                 "cells": [
                     dice,
-                    cell("hd95_mm"),
+                    dsc30,
+                    _cell(r, base, "hd95_mm"),
                     fold,
-                    sd,
-                    cell("time_s", same_device=True),
+                    sd_cell,
+                    _cell(r, base, "time_s", same_device=True),
                     mem,
                     params,
-                ],
+                ],  # fmt: skip
                 "edge": edge,
-                "edge_flag": bool(s.missing_total) or bool(s.vanished_total),
+                "edge_flag": bool(r.missing_total) or bool(r.vanished_total),
             }
         )
     return rows
 
 
-def _compare(a: MethodSummary, b: MethodSummary) -> str | None:
-    """One plain sentence comparing ``a`` with ``b`` as measured (Dice, then cost)."""
-    da, db = a.stats["dice"], b.stats["dice"]
-    if da is None or db is None or not da.n or not db.n:
-        return None
-    ra, rb = round(da.mean, DICE_DECIMALS), round(db.mean, DICE_DECIMALS)
-    diff = round(ra - rb, DICE_DECIMALS)
-    sign = "+" if diff >= 0 else "−"
-    text = (
-        f"{a.method} vs {b.method}: Dice {ra:.{DICE_DECIMALS}f} vs {rb:.{DICE_DECIMALS}f} "
-        f"({sign}{abs(diff):.{DICE_DECIMALS}f}); "
-    )
-    if diff > 0:
-        text += f"{a.method} beats {b.method} on mean Dice."
-    elif diff == 0:
-        text += (
-            f"{a.method} does not beat {b.method} on mean Dice (equal to {DICE_DECIMALS} decimals)."
+COLUMNS_SHOWN = ["Dice", "DSC30", "HD95 (mm)", "Fold %", "SDlogJ", "Time (s)", "Peak memory (MB)", "Params"]
+
+
+# ------------------------------------------------------------------------------------ comparisons
+
+
+def _spread(mean: float, sd: float, n: int, places: int) -> str:
+    """``"+0.012 ± 0.004 over 3 seeds"``: a signed mean ± sd over ``n`` seeds; ``"—"`` below 2."""
+    return f"{fmt_signed(mean, places)} ± {fmt_num(sd, places)} over {n} seeds" if n > 1 else DASH
+
+
+def _comparison_row(c: ComparisonRow) -> dict[str, Any]:
+    r = c.result
+    seed_mean, seed_sd, n_seeds = c.seed_diff
+    return {
+        "a": c.a,
+        "b": c.b,
+        "metric": c.name,
+        "mean_a": fmt_num(r.mean_a, c.places),
+        "mean_b": fmt_num(r.mean_b, c.places),
+        "diff": fmt_signed(r.mean_diff, c.places),
+        "ci": f"[{fmt_signed(r.ci_low, c.places)}, {fmt_signed(r.ci_high, c.places)}]",
+        "p": fmt_p(r.p_value),
+        "p_holm": fmt_p(c.p_holm),
+        "wtl": f"{r.wins}/{r.ties}/{r.losses}",
+        "n": r.n,
+        "verdict": c.verdict,
+        "better": c.better,
+        "seeds": _spread(seed_mean, seed_sd, n_seeds, c.places),
+        "named": c.named,
+    }
+
+
+def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult) -> str:
+    """One plain sentence on ``a`` vs ``b``: each compared metric with its interval and test,
+    then the cost ratios on the same device."""
+    parts = []
+    for c in rows:
+        r = c.result
+        parts.append(
+            f"{c.name} {fmt_num(r.mean_a, c.places)} vs {fmt_num(r.mean_b, c.places)}, "
+            f"Δ {fmt_signed(r.mean_diff, c.places)} (95 % CI {fmt_signed(r.ci_low, c.places)} to "
+            f"{fmt_signed(r.ci_high, c.places)}): {c.verdict} (Holm-adjusted p = {fmt_p(c.p_holm)}; "
+            f"{a.method} higher on {r.wins}, equal on {r.ties}, lower on {r.losses} of {r.n} pairs)"
         )
-    else:
-        text += f"{a.method} does not beat {b.method} on mean Dice."
-    common = a.pair_dice.index.intersection(b.pair_dice.index)
-    if len(common):
-        pa, pb = a.pair_dice[common], b.pair_dice[common]
-        higher, equal = int((pa > pb).sum()), int((pa == pb).sum())
-        ties = f", equal on {equal}," if equal else ""
-        text += f" {a.method} is higher on {higher}{ties} of {len(common)} common test pairs."
+    text = f"{a.method} vs {b.method}: " + "; ".join(parts) + "."
+    seeds = rows[0].seed_diff if rows else (math.nan, math.nan, 0)
+    if seeds[2] > 1:
+        text += f" Per-seed {rows[0].name} difference: {_spread(*seeds, rows[0].places)}."
     extras = []
     if a.device == b.device:
-        r = _ratio(a.stats["time_s"], b.stats["time_s"])
-        if r is not None:
-            extras.append(
-                f"time {fmt_num(a.stats['time_s'].mean)} s vs "
-                f"{fmt_num(b.stats['time_s'].mean)} s ({fmt_ratio(r)})"
-            )
+        ta, tb = a.stat("time_s"), b.stat("time_s")
+        ratio = _ratio(ta.mean if ta else None, tb.mean if tb else None)
+        if ratio is not None:
+            extras.append(f"time {fmt_num(ta.mean)} s vs {fmt_num(tb.mean)} s ({fmt_ratio(ratio)})")
     if a.mem_metric and a.mem_metric == b.mem_metric:
-        r = _ratio(a.stats[a.mem_metric], b.stats[b.mem_metric])
-        if r is not None:
-            extras.append(
-                f"peak memory {fmt_num(a.stats[a.mem_metric].mean)} MB vs "
-                f"{fmt_num(b.stats[b.mem_metric].mean)} MB ({fmt_ratio(r)})"
-            )
+        ma, mb = a.stat(a.mem_metric), b.stat(b.mem_metric)
+        ratio = _ratio(ma.mean, mb.mean)
+        if ratio is not None:
+            extras.append(f"peak memory {fmt_num(ma.mean)} MB vs {fmt_num(mb.mean)} MB ({fmt_ratio(ratio)})")
     if extras:
         joined = "; ".join(extras)
         text += " " + joined[0].upper() + joined[1:] + "."
     return text
 
 
-# ----------------------------------------------------------------------------------------- plots
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight", metadata={"Software": None})
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _new_figure(w: float, h: float):
-    from matplotlib.figure import Figure  # Agg canvas; no pyplot state, no GUI backend
-
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
-
-
-def _colours(methods: list[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(methods)}
-
-
-def _scatter(
-    summaries: list[MethodSummary],
-    xkey: str | None,
-    xlabel: str,
-    colours: dict[str, Any],
-    title: str,
-) -> str | None:
-    pts = []
-    for s in summaries:
-        key = xkey if xkey is not None else s.mem_metric
-        d = s.stats["dice"]
-        x = s.stats.get(key) if key else None
-        if d is None or x is None or not d.n or not x.n:
-            continue
-        pts.append((s, x, d))
-    if not pts:
-        return None
-    fig = _new_figure(5.2, 3.8)
-    ax = fig.add_subplot()
-    mixed = len({s.device for s, _, _ in pts}) > 1
-    xs = [x.mean for _, x, _ in pts if x.mean > 0]
-    log_x = len(xs) > 1 and max(xs) / min(xs) > 10
-    if log_x:
-        ax.set_xscale("log")
-
-    def norm(values: list[float], log: bool) -> list[float]:
-        v = [math.log10(max(x, 1e-12)) if log else x for x in values]
-        span = (max(v) - min(v)) or 1.0
-        return [(a - min(v)) / span for a in v]
-
-    nx = norm([x.mean for _, x, _ in pts], log_x)
-    ny = norm([d.mean for _, _, d in pts], False)
-    placed: list[tuple[float, float]] = []
-    for i, (s, x, d) in enumerate(pts):
-        ax.errorbar(
-            x.mean,
-            d.mean,
-            xerr=0 if math.isnan(x.std) else x.std,
-            yerr=0 if math.isnan(d.std) else d.std,
-            fmt="o",
-            capsize=3,
-            color=colours[s.method],
-            ms=6,
-        )
-        name = f"{s.method} ({s.device})" if mixed else s.method
-        # crude de-cluttering: a label near an earlier one goes to the left of its point
-        crowded = any(abs(nx[i] - px) < 0.12 and abs(ny[i] - py) < 0.08 for px, py in placed)
-        placed.append((nx[i], ny[i]))
-        ax.annotate(
-            name,
-            (x.mean, d.mean),
-            xytext=(-7, 0) if crowded else (7, 0),
-            textcoords="offset points",
-            fontsize=9,
-            va="center",
-            ha="right" if crowded else "left",
-        )
-    ax.margins(x=0.12, y=0.08)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Dice (mean ± std over pairs)")
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, alpha=0.3, which="both")
-    return _png(fig)
-
-
-def _label_plot(summaries: list[MethodSummary], colours: dict[str, Any]) -> str | None:
-    have = [s for s in summaries if not s.label_dice.empty]
-    if not have:
-        return None
-    labels = sorted(set().union(*(s.label_dice.index for s in have)))
-    fig = _new_figure(max(6.0, min(18.0, 0.28 * len(labels) + 2)), 3.4)
-    ax = fig.add_subplot()
-    pos = {lab: i for i, lab in enumerate(labels)}
-    for s in have:
-        ax.plot(
-            [pos[k] for k in s.label_dice.index],
-            s.label_dice.to_numpy(),
-            "o-",
-            color=colours[s.method],
-            label=s.method,
-            ms=4,
-            lw=1,
-        )
-    step = max(1, len(labels) // 30)
-    ax.set_xticks(range(0, len(labels), step), [str(lab) for lab in labels[::step]])
-    ax.set_xlabel("label")
-    ax.set_ylabel("mean Dice over pairs")
-    ax.set_ylim(0, 1.02)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    return _png(fig)
-
-
-def _load_nifti(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    import nibabel as nib
-
-    img = nib.load(path)
-    arr = np.asanyarray(img.dataobj)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D (D, H, W) image, got shape {arr.shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return arr, zooms  # type: ignore[return-value]
-
-
-def _draw_contours(ax, lab: np.ndarray) -> None:
-    """Thin outlines of every foreground label of a 2-D label map, drawn at pixel centres."""
-    for value in np.unique(lab):
-        if value == 0:
-            continue
-        mask = (lab == value).astype(np.float32)
-        if mask.any():
-            ax.contour(mask, levels=[0.5], colors=["#ff4030"], linewidths=0.6, alpha=0.85)
-
-
-def _qualitative(summaries: list[MethodSummary]) -> tuple[str | None, str | None, list[str]]:
-    """Figure of middle slices: fixed, moving, warped moving of each method with an example.
-
-    Returns ``(png_base64 or None, caption, notes)``.
-    """
-    notes: list[str] = []
-    examples = [(s, s.table.sidecar.get("example")) for s in summaries]
-    lacking = [s.method for s, ex in examples if not ex]
-    if lacking:
-        notes.append("no example in the sidecar for: " + ", ".join(lacking))
-    examples = [(s, ex) for s, ex in examples if ex]
-    if not examples:
-        return None, None, notes
-    ref = examples[0][1]
-    pair = (str(ref.get("fixed")), str(ref.get("moving")))
-    try:
-        fixed, zooms = _load_nifti(ref["fixed_image"])
-        moving, mzooms = _load_nifti(ref["moving_image"])
-    except (KeyError, OSError, ValueError, TypeError) as err:
-        notes.append(f"example pair images could not be read ({err})")
-        return None, None, notes
-    labels = None
-    if ref.get("fixed_labels"):
-        try:
-            labels, _ = _load_nifti(ref["fixed_labels"])
-            if labels.shape != fixed.shape:
-                notes.append(
-                    f"fixed labels shape {labels.shape} != fixed image {fixed.shape}; "
-                    "contours omitted"
-                )
-                labels = None
-        except (OSError, ValueError) as err:
-            notes.append(f"fixed labels could not be read ({err}); contours omitted")
-    panels: list[tuple[str, np.ndarray, tuple[float, float, float]]] = [
-        (f"fixed {pair[0]}", fixed, zooms),
-        (f"moving {pair[1]}", moving, mzooms),
-    ]
-    for s, ex in examples:
-        if (str(ex.get("fixed")), str(ex.get("moving"))) != pair:
-            notes.append(
-                f"{s.method}: its example is pair ({ex.get('fixed')}, "
-                f"{ex.get('moving')}), not ({pair[0]}, {pair[1]}); not shown"
-            )
-            continue
-        try:
-            warped, _ = _load_nifti(ex["warped_image"])
-        except (KeyError, OSError, ValueError, TypeError) as err:
-            notes.append(f"{s.method}: warped image could not be read ({err})")
-            continue
-        if warped.shape != fixed.shape:
-            notes.append(
-                f"{s.method}: warped image shape {warped.shape} != fixed {fixed.shape}; not shown"
-            )
-            continue
-        panels.append((f"{s.method} (warped)", warped, zooms))
-
-    fixed_f = np.asarray(fixed, dtype=np.float32)
-    lo, hi = (float(v) for v in np.percentile(fixed_f, [1, 99]))
-    if hi <= lo:
-        lo, hi = float(fixed_f.min()), float(fixed_f.max()) or 1.0
-    axes_shown = (0, 1)
-    ncol = len(panels)
-    # row heights follow the physical aspect of each slice so panels fill their cells
-    aspects = []
-    for axis in axes_shown:
-        (r0, r1) = [i for i in range(3) if i != axis]
-        aspects.append((fixed.shape[r0] * zooms[r0]) / (fixed.shape[r1] * zooms[r1]))
-    width = 1.9
-    fig = _new_figure(width * ncol, width * sum(aspects) + 0.5)
-    grid = fig.subplots(
-        len(axes_shown), ncol, squeeze=False, gridspec_kw={"height_ratios": aspects}
-    )
-    for r, axis in enumerate(axes_shown):
-        for c, (name, vol, z) in enumerate(panels):
-            ax = grid[r][c]
-            mid = vol.shape[axis] // 2
-            sl = np.asarray(np.take(vol, mid, axis=axis), dtype=np.float32)
-            rest = [z[i] for i in range(3) if i != axis]
-            ax.imshow(
-                sl, cmap="gray", vmin=lo, vmax=hi, aspect=rest[0] / rest[1], interpolation="nearest"
-            )
-            if labels is not None:
-                _draw_contours(ax, np.take(labels, labels.shape[axis] // 2, axis=axis))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(name, fontsize=9)
-            if c == 0:
-                ax.set_ylabel(f"axis {axis}, slice {mid}", fontsize=8)
-    caption = (
-        f"Example pair fixed {pair[0]}, moving {pair[1]}: middle slices along axes 0 and 1; "
-        f"grayscale window [{fmt_num(lo)}, {fmt_num(hi)}] (1st–99th percentile of the fixed "
-        "image) for every panel"
-    )
-    caption += "; red: fixed label outlines." if labels is not None else "."
-    return _png(fig), caption, notes
-
-
 # ---------------------------------------------------------------------------------------- report
 
 
-def _environment(t: Table, s: MethodSummary) -> dict[str, str]:
+def _environment(t: Table, r: MethodResult) -> dict[str, str]:
     sc = t.sidecar
 
     def g(key: str) -> str:
@@ -733,7 +276,8 @@ def _environment(t: Table, s: MethodSummary) -> dict[str, str]:
     return {
         "dataset": t.dataset,
         "method": t.method,
-        "device": s.device,
+        "seed": str(t.seed),
+        "device": r.device,
         "device_name": g("device_name"),
         "torch": g("torch") + (f" (CUDA {sc['cuda']})" if sc.get("cuda") else ""),
         "threads": g("threads"),
@@ -744,9 +288,7 @@ def _environment(t: Table, s: MethodSummary) -> dict[str, str]:
 
 
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True
-    )
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     text = resources.files("crd.report").joinpath("report.html.j2").read_text(encoding="utf-8")
     return env.from_string(text)
 
@@ -768,7 +310,7 @@ def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
     missing = [c for c in BENCH_COLUMNS if c not in t.columns]
     if missing:
         raise ValueError(f"{path}: bench table lacks columns {missing}")
-    sidecar = _sidecar_path(path)
+    sidecar = sidecar_path(path)
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     groups = []
     for (size, options, device), g in t.groupby(["size", "options", "device"], sort=False):
@@ -818,123 +360,154 @@ def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def _load_tables(tables: list[Path]) -> dict[str, dict[str, list[Table]]]:
+    """Tables grouped by dataset, then method (in order of first appearance); a (dataset, method,
+    seed) given twice is an error naming both files."""
+    if not tables:
+        raise ValueError("build_report: no tables given")
+    seen: dict[tuple[str, str, int], Path] = {}
+    grouped: dict[str, dict[str, list[Table]]] = {}
+    for t in (load_table(p) for p in tables):
+        key = (t.dataset, t.method, t.seed)
+        if key in seen:
+            raise ValueError(
+                f"{t.path}: dataset {t.dataset!r} method {t.method!r} seed {t.seed} is also in {seen[key]}"
+            )
+        seen[key] = t.path
+        grouped.setdefault(t.dataset, {}).setdefault(t.method, []).append(t)
+    return grouped
+
+
+def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | None) -> list[str]:
+    notes = [f"{r.method}: {n}" for r in results for n in r.notes]
+    sidecars = [t.sidecar for r in results for t in r.tables]
+    elsewhere = sorted({f"{r.method} on {t.sidecar['trained_on']}" for r in results for t in r.tables
+                        if t.sidecar.get("trained_on") not in (None, name)})  # fmt: skip
+    if elsewhere:
+        notes.append("models trained on another dataset (train_on): " + ", ".join(elsewhere) + ".")
+    if any(s.get("distance_unit") == "voxel" for s in sidecars):
+        notes.append("this dataset's files carry no voxel spacing: HD95 and ASSD are in voxels, not mm.")
+    pair_sets = {frozenset(r.pair.index) for r in results if len(r.pair)}
+    if len(pair_sets) > 1:
+        notes.append("methods were evaluated on different sets of pairs: " + ", ".join(
+            f"{r.method} {len(r.pair)}" for r in results))  # fmt: skip
+    if base is not None and len({r.device for r in results}) > 1:
+        notes.append("methods ran on different devices; time ratios are shown only for methods on the baseline's "
+                     f"device ({base.device}).")  # fmt: skip
+    return notes
+
+
+def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colours: dict[str, Any],
+             history: pd.DataFrame | None) -> dict[str, Any]:  # fmt: skip
+    results = [summarise(ts) for ts in by_method.values()]
+    by_name = {r.method: r for r in results}
+    base = by_name.get(baseline)
+    plan = comparison_plan(list(by_name), baseline)
+    rows = compare(by_name, plan)
+    sentences = [
+        _sentence([c for c in rows if (c.a, c.b) == (a, b)], by_name[a], by_name[b])
+        for a, b in plan
+        if any(c.named for c in rows if (c.a, c.b) == (a, b))
+    ]
+    mem_label = "peak memory (MB): " + ", ".join(
+        sorted({"CUDA allocator peak" if r.is_cuda else "CPU RSS above baseline" for r in results}))  # fmt: skip
+    qual_png, qual_caption, qual_notes = plots.qualitative(results)
+    seeds = sorted({s for r in results for s in r.seeds})
+    return {
+        "name": name,
+        "anchor": "ds-" + "".join(ch if ch.isalnum() else "-" for ch in name),
+        "seeds": seeds,
+        "rows": _rows(results, base),
+        "baseline": baseline if base is not None else None,
+        "sentences": sentences,
+        "comparisons": [_comparison_row(c) for c in rows],
+        "notes": _dataset_notes(name, results, base),
+        "plot_pairs": plots.pair_distribution(results, colours),
+        "plot_curves": plots.training_curves(history, colours, list(by_name)) if history is not None else None,
+        "plot_time": plots.scatter(results, "time_s", "inference time per pair (s)", colours, "Dice vs inference time"),
+        "plot_mem": plots.scatter(results, None, mem_label, colours, "Dice vs peak memory"),
+        "plot_labels": plots.label_plot(results, colours),
+        "qual_png": qual_png,
+        "qual_caption": qual_caption,
+        "qual_notes": qual_notes,
+        "results": results,
+    }
+
+
+def _summary_across(sections: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """With several datasets: mean Dice per dataset and method, and the mean rank (Dice, HD95) of
+    the methods present in every dataset."""
+    if len(sections) < 2:
+        return None
+    rows = [{"dataset": s["name"], "method": r.method, "metric": metric, "value": r.stat(metric).mean}
+            for s in sections for r in s["results"] for metric, *_ in COMPARED_METRICS if r.stat(metric)]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    common = set.intersection(*(set(frame.loc[frame.dataset == s["name"], "method"]) for s in sections))
+    frame = frame[frame["method"].isin(common)]
+    if frame.empty:
+        return None
+    ranks = stats.rank_methods(frame, {metric: higher for metric, _, higher, _ in COMPARED_METRICS})
+    dice = frame[frame.metric == "dice"].pivot(index="method", columns="dataset", values="value")
+    return {
+        "datasets": [s["name"] for s in sections],
+        "rows": [
+            {
+                "method": m,
+                "dice": [fmt_num(dice.loc[m, s["name"]], DICE_DECIMALS) for s in sections],
+                "rank": f"{ranks.loc[m, 'mean_rank']:.2f}",
+            }
+            for m in ranks.index
+        ],  # fmt: skip
+        "left_out": sorted(set().union(*(set(r.method for r in s["results"]) for s in sections)) - common),
+    }
+
+
+def _histories_by_dataset(histories: list[Path]) -> dict[str, pd.DataFrame]:
+    frames = [load_history(p) for p in histories]
+    if not frames:
+        return {}
+    allh = pd.concat(frames, ignore_index=True)
+    return {str(d): g for d, g in allh.groupby("dataset", sort=False)}
+
+
 def build_report(
     tables: list[Path],
     out: Path,
     *,
+    histories: list[Path] | None = None,
     title: str = "crd-bench report",
     baseline: str = "hr",
     bench: Path | None = None,
 ) -> Path:
-    """Render the HTML report of ``tables`` (tidy evaluation CSVs) to ``out``; return ``out``.
+    """Render the HTML report of ``tables`` (tidy evaluation CSVs, any number of seeds) to ``out``.
 
     Sections follow the datasets in order of first appearance; methods within a dataset follow the
     order of ``tables``. Ratios are to ``baseline``'s mean in the same dataset (time ratios only
     between runs on the same device kind, memory ratios only between the same memory metric).
-    Raises ``ValueError`` naming the file for a missing or malformed table or sidecar, and for two
-    tables holding the same (dataset, method). ``bench``: a ``crd bench`` table, shown as the
-    efficiency section (its ratios are to hr, as measured in the bench run).
+    ``histories``: training histories (``crd train``), drawn as training curves in the section of
+    the dataset they were trained on. ``bench``: a ``crd bench`` table, shown as the efficiency
+    section (its ratios are to hr, as measured in the bench run). Raises ``ValueError`` naming the
+    file for a missing or malformed table, sidecar or history, and for a (dataset, method, seed)
+    given twice; nothing is written then.
     """
     import crd
 
-    if not tables:
-        raise ValueError("build_report: no tables given")
-    loaded = [load_table(p) for p in tables]
-    seen: dict[tuple[str, str], Path] = {}
-    for t in loaded:
-        key = (t.dataset, t.method)
-        if key in seen:
-            raise ValueError(
-                f"{t.path}: dataset {t.dataset!r} method {t.method!r} is also in {seen[key]}"
-            )
-        seen[key] = t.path
-
-    methods_all = list(dict.fromkeys(t.method for t in loaded))
-    colours = _colours(methods_all)
-    datasets: dict[str, list[Table]] = {}
-    for t in loaded:
-        datasets.setdefault(t.dataset, []).append(t)
-
-    sections = []
-    environment = []
-    for name, ts in datasets.items():
-        summaries = [_summarise(t) for t in ts]
-        environment += [_environment(t, s) for t, s in zip(ts, summaries, strict=True)]
-        by_name = {s.method: s for s in summaries}
-        base = by_name.get(baseline)
-        notes = [f"{s.method}: {n}" for s in summaries for n in s.notes]
-        elsewhere = sorted({
-            f"{t.method} on {t.sidecar['trained_on']}"
-            for t in ts
-            if t.sidecar.get("trained_on") not in (None, name)
-        })
-        if elsewhere:
-            notes.append("models trained on another dataset (train_on): " + ", ".join(elsewhere) + ".")
-        if any(t.sidecar.get("distance_unit") == "voxel" for t in ts):
-            notes.append(
-                "this dataset's files carry no voxel spacing: HD95 and ASSD are in voxels, not mm."
-            )
-        pair_sets = {frozenset(s.pairs) for s in summaries if s.pairs}
-        if len(pair_sets) > 1:
-            notes.append(
-                "methods were evaluated on different sets of pairs: "
-                + ", ".join(f"{s.method} {len(s.pairs)}" for s in summaries)
-            )
-        devices = {s.device for s in summaries}
-        if base is not None and len(devices) > 1:
-            notes.append(
-                "methods ran on different devices; time ratios are shown only for "
-                f"methods on the baseline's device ({base.device})."
-            )
-        comparisons = [
-            c
-            for a, b in PAIRS_OF_INTEREST
-            if a in by_name and b in by_name
-            if (c := _compare(by_name[a], by_name[b]))
-        ]
-        mem_label = "peak memory (MB): " + ", ".join(
-            sorted(
-                {
-                    "CUDA allocator peak" if s.is_cuda else "CPU RSS above baseline"
-                    for s in summaries
-                }
-            )
-        )
-        qual_png, qual_caption, qual_notes = _qualitative(summaries)
-        sections.append(
-            {
-                "name": name,
-                "anchor": "ds-" + "".join(ch if ch.isalnum() else "-" for ch in name),
-                "rows": _rows(summaries, base),
-                "baseline": baseline if base is not None else None,
-                "comparisons": comparisons,
-                "notes": notes,
-                "plot_time": _scatter(
-                    summaries,
-                    "time_s",
-                    "inference time per pair (s)",
-                    colours,
-                    "Dice vs inference time",
-                ),
-                "plot_mem": _scatter(summaries, None, mem_label, colours, "Dice vs peak memory"),
-                "plot_labels": _label_plot(summaries, colours),
-                "qual_png": qual_png,
-                "qual_caption": qual_caption,
-                "qual_notes": qual_notes,
-            }
-        )
-
+    grouped = _load_tables(tables)
+    by_dataset_history = _histories_by_dataset(list(histories or []))
+    colours = plots.colours(list(dict.fromkeys(m for ms in grouped.values() for m in ms)))
+    sections = [_section(name, by_method, baseline, colours, by_dataset_history.get(name))
+                for name, by_method in grouped.items()]  # fmt: skip
+    environment = [_environment(t, r) for s in sections for r in s["results"] for t in r.tables]
     html = _template().render(
         title=title,
         baseline=baseline,
         sections=sections,
+        summary=_summary_across(sections),
         environment=environment,
         definitions=METRIC_DEFINITIONS,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         version=crd.__version__,
-        columns=["Dice", "HD95 (mm)", "Fold %", "SDlogJ", "Time (s)", "Peak memory (MB)", "Params"],
+        columns=COLUMNS_SHOWN,
         bench=_bench_section(bench) if bench is not None else None,
     )
-    out = Path(out)
-    write_text_atomic(out, html)
-    return out
+    return write_text_atomic(Path(out), html)

@@ -43,8 +43,26 @@ def dataset_dir(dataset):
     return f"{DATA}/{dataset}"
 
 
-def model_path(dataset, method):
-    return f"{RESULTS}/{dataset}/models/{method}.pt"
+SEEDS = [int(s) for s in config["seeds"]]
+
+
+def seed_dir(dataset, seed):
+    """Everything one training seed produces for one dataset: models/, eval/."""
+    return f"{RESULTS}/{dataset}/seed{seed}"
+
+
+def model_path(dataset, method, seed):
+    return f"{seed_dir(dataset, seed)}/models/{method}.pt"
+
+
+def history_path(dataset, method, seed):
+    """The training history `crd train` writes beside the checkpoint (crd.train.history_path)."""
+    return f"{seed_dir(dataset, seed)}/models/{method}.history.csv"
+
+
+def log_path(dataset, seed, name):
+    """One log per job: {results}/logs/<dataset>/seed<seed>/<name>.log."""
+    return f"{RESULTS}/logs/{dataset}/seed{seed}/{name}.log"
 
 
 def trained_on(dataset):
@@ -74,20 +92,28 @@ def _check_datasets():
 _check_datasets()
 
 
-def eval_path(dataset, method, ext="csv"):
-    return f"{RESULTS}/{dataset}/eval/{method}.{ext}"
+def eval_path(dataset, method, seed, ext="csv"):
+    return f"{seed_dir(dataset, seed)}/eval/{method}.{ext}"
 
 
 def report_path():
     return f"{RESULTS}/report.html"
 
 
-def train_settings(method):
-    """config train block < the method file's TRAIN < config method_train[method]."""
+def train_settings(method, seed):
+    """config train block < the method file's TRAIN < config method_train[method]; the seed from
+    the DAG's seed wildcard."""
     settings = dict(config["train"])
     settings.update(METHODS[method].train)
     settings.update(config.get("method_train", {}).get(method, {}))
+    settings["seed"] = int(seed)
     return settings
+
+
+def show_log_on_error(cmd):
+    """Run `cmd` with its output appended to {log}; on failure, print the log's end on stderr too,
+    so the job's message (e.g. what to download or accept) shows in Snakemake's output."""
+    return f"( {cmd} ) >> {{log:q}} 2>&1 || {{{{ tail -n 5 {{log:q}} >&2; exit 1; }}}}"
 
 
 def mem_mb(stage):

@@ -3,12 +3,15 @@ SYNTH = [d for d, spec in config["datasets"].items() if spec["source"] == "synth
 
 
 def generate_args(dataset):
+    """`crd generate` options from the dataset's `generate:` block, each value shell-quoted."""
+    import shlex
+
     g = config["datasets"][dataset].get("generate", {})
     args = []
     for key, value in g.items():
         flag = "--" + key.replace("_", "-")
         values = value if isinstance(value, list) else [value]
-        args.append(" ".join([flag] + [str(v) for v in values]))
+        args.append(" ".join([flag] + [shlex.quote(str(v)) for v in values]))
     return " ".join(args)
 
 
@@ -27,7 +30,7 @@ rule generate_synth:
     conda:
         ENV
     shell:
-        "{CRD} generate synth {output} {params.args} --overwrite --no-progress > {log} 2>&1"
+        "{CRD} generate synth {output:q} {params.args} --overwrite --no-progress > {log:q} 2>&1"
 
 
 # Public datasets: download (checksum-verified, resumable; partial files kept between runs) ->
@@ -49,12 +52,6 @@ def _file_args(dataset, key, flag):
     return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in sorted(items.items()))
 
 
-def _show_log_on_error(cmd):
-    """Run `cmd` with its output in {log}; on failure, print the log's end on stderr too, so the
-    job's message (e.g. what to download or accept) shows in Snakemake's output."""
-    return f"( {cmd} ) > {{log}} 2>&1 || {{{{ tail -n 5 {{log}} >&2; exit 1; }}}}"
-
-
 rule download:
     output:
         f"{DOWNLOADS}/{{dataset}}/download.done",
@@ -73,7 +70,7 @@ rule download:
     conda:
         ENV
     shell:
-        _show_log_on_error(
+        show_log_on_error(
             "{CRD} download {params.source} {params.folder} {params.terms} {params.files} --no-progress"
             " && touch {output}"
         )
@@ -98,7 +95,7 @@ rule prepare:
     conda:
         ENV
     shell:
-        _show_log_on_error(
+        show_log_on_error(
             "{CRD} prepare {params.source} {params.folder} {output} --options {params.options:q}"
             " --threads {threads} --overwrite --no-progress"
         )

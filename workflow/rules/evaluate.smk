@@ -1,4 +1,4 @@
-# Score every method on the test pairs: tidy table + sidecar + example warped image.
+# Score every method on the test pairs, once per seed: tidy table + sidecar + example warped image.
 # An evaluation job reserves every local core, so no other job disturbs its timings; torch
 # itself uses `threads.evaluate` threads (recorded in the sidecar).
 
@@ -7,20 +7,21 @@ rule evaluate:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
         checkpoint=lambda wc: (
-            model_path(trained_on(wc.dataset), wc.method) if METHODS[wc.method].has_checkpoint else []
+            model_path(trained_on(wc.dataset), wc.method, wc.seed) if METHODS[wc.method].has_checkpoint else []
         ),
     output:
-        table=eval_path("{dataset}", "{method}", "csv"),
-        sidecar=eval_path("{dataset}", "{method}", "json"),
-        example=eval_path("{dataset}", "{method}", "example.nii.gz"),
+        table=eval_path("{dataset}", "{method}", "{seed}", "csv"),
+        sidecar=eval_path("{dataset}", "{method}", "{seed}", "json"),
+        example=eval_path("{dataset}", "{method}", "{seed}", "example.nii.gz"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/evaluate_{{method}}.log",
+        log_path("{dataset}", "{seed}", "evaluate_{method}"),
     wildcard_constraints:
         method=_alternatives(GENERIC),
         dataset=_alternatives(DATASETS),
+        seed=r"\d+",
     params:
         method_file=lambda wc: METHODS[wc.method].path,
-        checkpoint=lambda wc, input: f"--checkpoint {input.checkpoint}" if input.checkpoint else "",
+        checkpoint=lambda wc, input: _option("--checkpoint", input.checkpoint),
         torch_threads=config["threads"]["evaluate"],
         device=config["device"],
     threads: workflow.cores
@@ -30,6 +31,8 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "{CRD} evaluate --data {input.data} --method-file {params.method_file} {params.checkpoint}"
-        " --out {output.table} --device {params.device} --threads {params.torch_threads}"
-        " --log {log} --no-progress"
+        show_log_on_error(
+            "{CRD} evaluate --data {input.data:q} --method-file {params.method_file:q} {params.checkpoint}"
+            " --seed {wildcards.seed} --out {output.table:q} --device {params.device:q}"
+            " --threads {params.torch_threads} --no-progress"
+        )

@@ -1,11 +1,20 @@
-# The single self-contained HTML report, from the tidy evaluation tables and the bench table.
+# The single self-contained HTML report, from the tidy evaluation tables (every method, dataset and
+# seed), the training histories and the bench table.
+
+
+def _histories():
+    """Training histories of the reported methods and what they need, per dataset that trains."""
+    trained = [m for m in TRAINED if m in REPORTED or any(m in METHODS[r].needs for r in REPORTED)]
+    sources = sorted({trained_on(d) for d in DATASETS})
+    return [history_path(d, m, s) for d in sources for m in trained for s in SEEDS]
 
 
 rule report:
     input:
-        tables=[eval_path(d, m) for d in DATASETS for m in REPORTED],
-        sidecars=[eval_path(d, m, "json") for d in DATASETS for m in REPORTED],
-        examples=[eval_path(d, m, "example.nii.gz") for d in DATASETS for m in REPORTED],
+        tables=[eval_path(d, m, s) for d in DATASETS for m in REPORTED for s in SEEDS],
+        sidecars=[eval_path(d, m, s, "json") for d in DATASETS for m in REPORTED for s in SEEDS],
+        examples=[eval_path(d, m, s, "example.nii.gz") for d in DATASETS for m in REPORTED for s in SEEDS],
+        histories=_histories(),
         bench=bench_path(),
     output:
         report_path(),
@@ -19,4 +28,7 @@ rule report:
     conda:
         ENV
     shell:
-        "{CRD} report --tables {input.tables} --out {output} --baseline {params.baseline} --bench {input.bench} > {log} 2>&1"
+        show_log_on_error(
+            "{CRD} report --tables {input.tables:q} --histories {input.histories:q} --out {output:q}"
+            " --baseline {params.baseline:q} --bench {input.bench:q}"
+        )

@@ -1,10 +1,17 @@
-# Training of every method that has weights: unsupervised (hr, lr, hr-half, fst) or distilled (crd).
-# What a method needs (init / teacher checkpoints) comes from its file in baselines/.
+# Training of every method that has weights, once per seed: unsupervised (hr, lr, hr-half, fst,
+# ...) or distilled (crd, kd-hr, ...). What a method needs (init / teacher checkpoints of the same
+# seed) comes from its file in baselines/. Each job writes the checkpoint and its training history.
 
 
 def _needed(wc, what):
     name = getattr(METHODS[wc.method], what)
-    return model_path(wc.dataset, name) if name else []
+    return model_path(wc.dataset, name, wc.seed) if name else []
+
+
+def _option(flag, path):
+    import shlex
+
+    return f"{flag} {shlex.quote(str(path))}" if path else ""
 
 
 rule train:
@@ -13,17 +20,19 @@ rule train:
         init=lambda wc: _needed(wc, "init"),
         teacher=lambda wc: _needed(wc, "teacher"),
     output:
-        model_path("{dataset}", "{method}"),
+        model=model_path("{dataset}", "{method}", "{seed}"),
+        history=history_path("{dataset}", "{method}", "{seed}"),
     log:
-        f"{RESULTS}/{{dataset}}/logs/train_{{method}}.log",
+        log_path("{dataset}", "{seed}", "train_{method}"),
     wildcard_constraints:
         method=_alternatives(TRAINED),
         dataset=_alternatives(DATASETS),
+        seed=r"\d+",
     params:
         method_file=lambda wc: METHODS[wc.method].path,
-        settings=lambda wc: json.dumps(train_settings(wc.method), sort_keys=True),
-        init=lambda wc, input: f"--init {input.init}" if input.init else "",
-        teacher=lambda wc, input: f"--teacher {input.teacher}" if input.teacher else "",
+        settings=lambda wc: json.dumps(train_settings(wc.method, wc.seed), sort_keys=True),
+        init=lambda wc, input: _option("--init", input.init),
+        teacher=lambda wc, input: _option("--teacher", input.teacher),
         device=config["device"],
     threads: config["threads"]["train"]
     resources:
@@ -32,6 +41,8 @@ rule train:
     conda:
         ENV
     shell:
-        "{CRD} train --data {input.data} --method-file {params.method_file} --out {output}"
-        " --settings {params.settings:q} {params.init} {params.teacher}"
-        " --device {params.device} --threads {threads} --log {log}"
+        show_log_on_error(
+            "{CRD} train --data {input.data:q} --method-file {params.method_file:q} --out {output.model:q}"
+            " --settings {params.settings:q} {params.init} {params.teacher}"
+            " --device {params.device:q} --threads {threads} --no-progress"
+        )

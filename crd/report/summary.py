@@ -1,0 +1,264 @@
+"""What the report says about one dataset: each method's results over seeds, and paired comparisons.
+
+Reads only :class:`crd.tidy.Table` objects (the tidy evaluation tables); the statistics are
+:mod:`crd.stats`. Conventions:
+
+- A method's value on a test pair is the mean over its training seeds of that pair's value; means,
+  standard deviations and paired tests are over test pairs of these seed-averaged values.
+- The spread across seeds is the standard deviation of the per-seed means over pairs.
+- DSC30 is computed per seed (Learn2Reg's 30th percentile of the per-pair Dice) and averaged over
+  seeds.
+- Comparisons: Dice and HD95, paired over the common test pairs; Holm's correction runs over every
+  (comparison, metric) shown for the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from crd import stats
+from crd.tidy import Table, sidecar_path
+
+__all__ = [
+    "Stat",
+    "MethodResult",
+    "ComparisonRow",
+    "summarise",
+    "comparison_plan",
+    "compare",
+    "COMPARED_METRICS",
+    "NAMED_COMPARISONS",
+]
+
+PAIR_METRICS = (
+    "dice",
+    "hd95_mm",
+    "fold_pct",
+    "fold_count",
+    "sdlogj",
+    "logj_excluded_pct",
+    "time_s",
+    "peak_rss_mb",
+    "cuda_alloc_peak_mb",
+    "nvml_peak_mb",
+)
+#: (metric, display name, higher is better, decimals) of the paired comparisons
+COMPARED_METRICS = (("dice", "Dice", True, 3), ("hd95_mm", "HD95", False, 2))
+#: the comparisons CRD is about (shown when both methods are present), before each-vs-baseline
+NAMED_COMPARISONS = (("crd", "lr"), ("crd", "hr"), ("crd", "kd-hr"), ("fst", "lr"))
+#: methods that are a reference, not a method under comparison
+REFERENCES = ("identity",)
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean ± standard deviation (ddof 1) over pairs of the finite values, and how many there were."""
+
+    mean: float
+    sd: float
+    n: int
+    total: int
+
+    @classmethod
+    def of(cls, values: pd.Series) -> Stat | None:
+        if values.empty:
+            return None
+        arr = values.to_numpy(dtype=float)
+        finite = arr[np.isfinite(arr)]
+        if finite.size == 0:
+            return cls(float("nan"), float("nan"), 0, arr.size)
+        sd = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+        return cls(float(np.mean(finite)), sd, int(finite.size), int(arr.size))
+
+
+@dataclass
+class MethodResult:
+    """One method on one dataset, over its seeds."""
+
+    dataset: str
+    method: str
+    tables: list[Table]
+    device: str
+    pair: pd.DataFrame  # index (fixed, moving); one column per metric: the seed-averaged value
+    per_seed_dice: pd.Series  # seed -> mean Dice over pairs
+    dsc30: float
+    label_dice: pd.Series  # label -> mean Dice over pairs and seeds
+    params: float | None
+    missing_total: float | None
+    vanished_total: float | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(t.seed for t in self.tables)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def mem_metric(self) -> str | None:
+        """The memory metric shown and compared: the CUDA allocator peak (else NVML) on CUDA, else
+        the CPU RSS above baseline."""
+        order = ("cuda_alloc_peak_mb", "nvml_peak_mb") if self.is_cuda else ("peak_rss_mb",)
+        return next((m for m in order if self.stat(m) is not None and self.stat(m).n), None)
+
+    def values(self, metric: str) -> pd.Series:
+        """Seed-averaged values of ``metric`` per test pair (empty if the tables hold none)."""
+        return self.pair[metric] if metric in self.pair else pd.Series(dtype=float)
+
+    def stat(self, metric: str) -> Stat | None:
+        return Stat.of(self.values(metric).dropna()) if metric in self.pair else None
+
+    def seed_spread(self) -> tuple[float, float, int]:
+        """Mean and standard deviation over seeds of the mean Dice, and the number of seeds."""
+        return stats.seed_spread(self.per_seed_dice.to_numpy())
+
+
+def summarise(tables: list[Table]) -> MethodResult:
+    """Combine one (dataset, method)'s tables, one per seed, into a :class:`MethodResult`."""
+    if not tables:
+        raise ValueError("summarise: no tables")
+    first = tables[0]
+    seeds = [t.seed for t in tables]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{first.dataset}/{first.method}: seed given twice in {[str(t.path) for t in tables]}")
+    frame = pd.concat([t.frame for t in tables], ignore_index=True)
+    top = frame[frame["label"].isna() & frame["fixed"].notna() & frame["moving"].notna()]
+    per_seed = top.groupby(["metric", "seed", "fixed", "moving"])["value"].mean()
+    pair = per_seed.groupby(["metric", "fixed", "moving"]).mean().unstack("metric")
+    dice = top[top["metric"] == "dice"]
+    per_seed_dice = dice.groupby("seed")["value"].mean()
+    dsc30 = (
+        float(np.nanmean([stats.dsc30(g["value"].to_numpy()) for _, g in dice.groupby("seed")]))
+        if len(dice)
+        else (float("nan"))
+    )
+    labelled = frame[(frame["metric"] == "dice") & frame["label"].notna()].copy()
+    labelled["label_num"] = pd.to_numeric(labelled["label"], errors="coerce")
+    label_dice = labelled.dropna(subset=["label_num"]).groupby("label_num")["value"].mean()
+    label_dice.index = label_dice.index.astype(int)
+
+    def per_seed_total(metric: str) -> float | None:
+        rows = frame[frame["metric"] == metric]
+        return None if rows.empty else float(rows.groupby("seed")["value"].sum().mean())
+
+    params = frame.loc[frame["metric"] == "params", "value"]
+    notes = []
+    pair_sets = {t.seed: frozenset(zip(*_pairs_of(t.frame), strict=True)) for t in tables}
+    if len(set(pair_sets.values())) > 1:
+        notes.append(
+            "seeds were evaluated on different pairs: " + ", ".join(f"seed {s}: {len(p)}" for s, p in pair_sets.items())
+        )
+    for t in tables:
+        n_side = t.sidecar.get("n_pairs")
+        if isinstance(n_side, int) and n_side != len(pair_sets[t.seed]):
+            notes.append(f"seed {t.seed}: sidecar says n_pairs = {n_side} but the table holds {len(pair_sets[t.seed])}")
+        if not t.sidecar:
+            notes.append(f"seed {t.seed}: no sidecar {sidecar_path(t.path)}")
+    device = str(first.sidecar.get("device") or "")
+    if not device:
+        device = "cuda" if "cuda_alloc_peak_mb" in set(frame["metric"]) else "cpu"
+    return MethodResult(
+        dataset=first.dataset,
+        method=first.method,
+        tables=sorted(tables, key=lambda t: t.seed),
+        device=device,
+        pair=pair,
+        per_seed_dice=per_seed_dice,
+        dsc30=dsc30,
+        label_dice=label_dice,
+        params=float(params.iloc[0]) if len(params) else None,
+        missing_total=per_seed_total("labels_missing"),
+        vanished_total=per_seed_total("labels_vanished"),
+        notes=notes,
+    )
+
+
+def _pairs_of(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    has = frame["fixed"].notna() & frame["moving"].notna()
+    unique = frame.loc[has, ["fixed", "moving"]].drop_duplicates()
+    return unique["fixed"], unique["moving"]
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    """``a`` against ``b`` on one metric: the paired comparison and its Holm-adjusted p-value."""
+
+    a: str
+    b: str
+    metric: str
+    name: str
+    higher_is_better: bool
+    places: int
+    result: stats.PairedComparison
+    p_holm: float
+    seed_diff: tuple[float, float, int]  # mean, sd and number of the per-seed mean differences
+
+    @property
+    def named(self) -> bool:
+        return (self.a, self.b) in NAMED_COMPARISONS
+
+    @property
+    def verdict(self) -> str:
+        """'significantly higher / lower (better / worse)' or 'no significant difference' (Holm-adjusted
+        p against alpha 0.05)."""
+        return stats.describe_difference(self.result, self.p_holm, metric_higher_is_better=self.higher_is_better)
+
+    @property
+    def better(self) -> bool | None:
+        """Whether ``a`` is significantly better than ``b`` (None: no significant difference)."""
+        if not bool(stats.significant(np.array([self.p_holm]))[0]) or not self.result.mean_diff:
+            return None
+        return (self.result.mean_diff > 0) == self.higher_is_better
+
+
+def comparison_plan(methods: list[str], baseline: str) -> list[tuple[str, str]]:
+    """The (a, b) pairs compared for a dataset: the named ones present, then every other method
+    (references such as identity excepted) against ``baseline``; no pair twice."""
+    present = set(methods)
+    plan = [(a, b) for a, b in NAMED_COMPARISONS if a in present and b in present]
+    if baseline in present:
+        plan += [(m, baseline) for m in methods if m != baseline and m not in REFERENCES and (m, baseline) not in plan]
+    return plan
+
+
+def _seed_difference(a: MethodResult, b: MethodResult, metric: str) -> tuple[float, float, int]:
+    """Spread over the seeds both methods have of the difference of their mean ``metric``."""
+    diffs = []
+    for ta in a.tables:
+        tb = next((t for t in b.tables if t.seed == ta.seed), None)
+        if tb is None and len(b.tables) == 1 and b.method in REFERENCES:
+            tb = b.tables[0]
+        if tb is None:
+            continue
+        va, vb = (_pair_metric(t.frame, metric) for t in (ta, tb))
+        common = va.index.intersection(vb.index)
+        if len(common):
+            diffs.append(float((va[common] - vb[common]).mean()))
+    return stats.seed_spread(np.array(diffs, dtype=float))
+
+
+def _pair_metric(frame: pd.DataFrame, metric: str) -> pd.Series:
+    rows = frame[(frame["metric"] == metric) & frame["label"].isna() & frame["fixed"].notna()]
+    return rows.groupby(["fixed", "moving"])["value"].mean()
+
+
+def compare(results: dict[str, MethodResult], plan: list[tuple[str, str]], *, seed: int = 0) -> list[ComparisonRow]:
+    """Paired comparisons of ``plan`` on :data:`COMPARED_METRICS`, Holm-adjusted together."""
+    raw = []
+    for a, b in plan:
+        for metric, name, higher, places in COMPARED_METRICS:
+            va, vb = results[a].values(metric), results[b].values(metric)
+            if va.empty or vb.empty:
+                continue
+            result = stats.paired_comparison(va, vb, seed=seed)
+            raw.append((a, b, metric, name, higher, places, result, _seed_difference(results[a], results[b], metric)))
+    adjusted = stats.holm(np.array([r[6].p_value for r in raw], dtype=float)) if raw else []
+    return [
+        ComparisonRow(a, b, metric, name, higher, places, result, float(p), seed_diff)
+        for (a, b, metric, name, higher, places, result, seed_diff), p in zip(raw, adjusted, strict=True)
+    ]
