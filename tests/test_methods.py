@@ -7,6 +7,7 @@ import torch
 
 from crd.methods import MethodError, load_method, load_methods, training_order
 from crd.models.registration import build_model
+from crd.train import TrainSettings
 from repo_paths import REPO
 
 PLUGINS = sorted((REPO / "baselines").glob("*.py"))
@@ -14,6 +15,8 @@ PLUGINS = sorted((REPO / "baselines").glob("*.py"))
 
 def test_the_first_method_set_is_there():
     assert {p.stem for p in PLUGINS} >= {"identity", "hr", "lr", "hr-half", "fst", "crd"}
+    # the paper's ablations and a second shrunk model
+    assert {p.stem for p in PLUGINS} >= {"kd-hr", "crd-flow", "crd-attn", "hr-quarter"}
 
 
 @pytest.mark.parametrize("path", PLUGINS, ids=[p.stem for p in PLUGINS])
@@ -25,8 +28,14 @@ def test_every_plugin_honours_the_contract(path):
         model = build_model(spec.model)
         x = torch.rand(1, 1, 32, 32, 32)
         assert model(x, x).shape == (1, 3, 32, 32, 32)
-        if spec.training == "distill":
-            assert hasattr(model, "forward_with_maps")
+        if spec.training == "distill":  # the teacher's four maps sit on the student's four grids
+            teacher = build_model(load_method(path.parent / f"{spec.teacher}.py").model)
+            flow, maps = model.forward_with_maps(x, x)
+            t_flow, t_maps = teacher.forward_with_maps(x, x)
+            assert flow.shape == t_flow.shape == (1, 3, 32, 32, 32)
+            assert [m.shape for m in maps] == [t.shape for t in t_maps]
+            assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+    TrainSettings.from_dict(spec.train)  # its TRAIN overrides are known settings with valid values
     for dep in spec.needs:
         assert (path.parent / f"{dep}.py").is_file()
     assert load_methods(path.parent, [spec.name])  # its dependencies resolve
