@@ -230,6 +230,12 @@ def _comparison_row(c: ComparisonRow) -> dict[str, Any]:
     }
 
 
+def _p_clause(p: float) -> str:
+    """``"= 0.027"`` or ``"< 0.0001"``."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"= {text}"
+
+
 def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult) -> str:
     """One plain sentence on ``a`` vs ``b``: each compared metric with its interval and test,
     then the cost ratios on the same device."""
@@ -239,7 +245,7 @@ def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult) -> st
         parts.append(
             f"{c.name} {fmt_num(r.mean_a, c.places)} vs {fmt_num(r.mean_b, c.places)}, "
             f"Δ {fmt_signed(r.mean_diff, c.places)} (95 % CI {fmt_signed(r.ci_low, c.places)} to "
-            f"{fmt_signed(r.ci_high, c.places)}): {c.verdict} (Holm-adjusted p = {fmt_p(c.p_holm)}; "
+            f"{fmt_signed(r.ci_high, c.places)}): {c.verdict} (Holm-adjusted p {_p_clause(c.p_holm)}; "
             f"{a.method} higher on {r.wins}, equal on {r.ties}, lower on {r.losses} of {r.n} pairs)"
         )
     text = f"{a.method} vs {b.method}: " + "; ".join(parts) + "."
