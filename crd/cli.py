@@ -343,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs=3,
         metavar=("D", "H", "W"),
-        help=f"volume size in voxels (default {defaults['shape']})",
+        help=f"volume size in voxels; for the anatomy template a non-cubic size is the central crop (slab) of "
+        f"the anatomy on a cube of the longest side, e.g. 32 64 64 (default {defaults['shape']})",
     )
     g.add_argument(
         "--spacing",

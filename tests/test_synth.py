@@ -276,3 +276,15 @@ def test_anatomy_pairs_need_registration(anatomy_dir: Path):
     ds = open_dataset(anatomy_dir, check_headers=False)
     dice = [_dice(ds.load_labels(f), ds.load_labels(m), list(ds.labels)) for f, m in ds.pairs_for("test")]
     assert 0.2 < np.mean(dice) < 0.7, dice
+
+
+def test_a_non_cubic_anatomy_is_the_central_slab_of_the_cube(tmp_path: Path):
+    """shape (32, 64, 64) = the central 32 slices of the 64^3 anatomy, subject for subject: the
+    structures keep their size in voxels."""
+    kw = dict(ANATOMY, n_subjects=5, n_val=0, n_test=2)
+    cube = open_dataset(generate_synth(tmp_path / "cube", seed=0, **kw), check_headers=False)
+    slab = open_dataset(generate_synth(tmp_path / "slab", seed=0, shape=(32, 64, 64), **kw), check_headers=False)
+    assert slab.shape == (32, 64, 64)
+    for s in ("synth_000", "synth_004"):
+        assert np.array_equal(slab.load_labels(s), cube.load_labels(s)[16:48])
+        assert np.array_equal(slab.load_image(s), cube.load_image(s)[16:48])

@@ -103,8 +103,8 @@ def _check_args(
         raise ValueError(f"template: expected one of {', '.join(TEMPLATES)}, got {template!r}")
     if len(shape) != 3 or not all(int(s) >= 8 for s in shape):
         raise ValueError(f"shape: expected 3 sides of at least 8 voxels (D, H, W), got {shape}")
-    if template == "anatomy" and min(shape) < 32:
-        raise ValueError(f"shape: the anatomy template needs sides of at least 32 voxels, got {shape}")
+    if template == "anatomy" and max(shape) < 32:
+        raise ValueError(f"shape: the anatomy template needs a longest side of at least 32 voxels, got {shape}")
     if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
         raise ValueError(f"spacing: expected 3 positive voxel sizes in mm, got {spacing}")
     if template == "anatomy" and n_labels is not None and n_labels != len(ANATOMY_LABELS):
@@ -157,6 +157,13 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out_dir)
+
+
+def _canvas(template: str, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The grid a subject is made on: for the anatomy template a cube of side ``max(shape)`` (a
+    non-cubic ``shape`` is its central crop, a slab, so structures keep their size in voxels); for
+    blobs ``shape`` itself, as the original synth."""
+    return (max(shape),) * 3 if template == "anatomy" else shape
 
 
 @dataclass(frozen=True)
@@ -288,7 +295,11 @@ def generate_synth(
             ``"blobs"`` (``n_labels`` large blobs; the original synth) - see
             :mod:`crd.data.phantoms`.
         n_subjects: number of subjects (ids ``synth_000``, ``synth_001``, ...).
-        shape: image size ``(D, H, W)`` in voxels (the anatomy template needs sides >= 32).
+        shape: image size ``(D, H, W)`` in voxels. The anatomy template is built, deformed and
+            imaged on a cube of side ``max(shape)`` (at least 32) and a non-cubic ``shape`` is its
+            central crop: ``(32, 64, 64)`` is the central 32-slice slab of the 64^3 anatomy, whose
+            structures keep their thickness in voxels (labels wholly outside the slab in a subject
+            are reported as missing for that pair).
         spacing: voxel size ``(D, H, W)`` in millimetres (recorded in headers and dataset.json;
             the anatomy is defined in voxels).
         n_labels: number of ``blobs`` structures (default 10, at most 255); the anatomy template
@@ -368,14 +379,16 @@ def generate_synth(
         os.chmod(tmp, default_mode(directory=True))
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
+        canvas = _canvas(template, shape)
+        crop = tuple(slice((c - s) // 2, (c - s) // 2 + s) for c, s in zip(canvas, shape, strict=True))
         if template == "anatomy":
-            anatomy = anatomy_template(shape, seed)
+            anatomy = anatomy_template(canvas, seed)
         else:
-            anatomy = blob_template(shape, 10 if n_labels is None else n_labels, seed)
+            anatomy = blob_template(canvas, 10 if n_labels is None else n_labels, seed)
         imaging = _Imaging.of(anatomy)
         for i, subject in enumerate(tqdm(subjects, desc="synth", disable=not progress)):
-            flow, rng = deformation.draw(shape, seed, i, subject)
-            image, labels = imaging.subject(flow, rng)
+            flow, rng = deformation.draw(canvas, seed, i, subject)
+            image, labels = (a[crop] for a in imaging.subject(flow, rng))
             write_nifti(tmp / "images" / f"{subject}.nii.gz", image, spacing)
             write_nifti(tmp / "labels" / f"{subject}.nii.gz", labels, spacing)
 
