@@ -164,7 +164,7 @@ def test_refuses_non_empty_and_overwrites(tmp_path: Path):
         ({"fine_deformation_voxels": -1.0}, "fine_deformation_voxels"),
         ({"template": "cubes"}, "template"),
         ({"template": "anatomy", "n_labels": 10}, "24 structures"),
-        ({"template": "anatomy", "shape": (16, 32, 32)}, "at least 32"),
+        ({"template": "anatomy", "shape": (16, 16, 16)}, "at least 32"),
     ],
 )
 def test_bad_arguments(tmp_path: Path, changes: dict, match: str):
