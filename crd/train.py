@@ -332,7 +332,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start, history = state["iteration"], list(state["history"])
+        start, history = state["iteration"], list(state.get("history", []))
         log.info("resumed from %s at iteration %d", resume.path, start)
     else:  # the starting point, before any step (for a fine-tuned model: its init's score)
         history.append({"iteration": 0, **_validate(model, valset, val_loss)})

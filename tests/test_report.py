@@ -78,6 +78,7 @@ def test_mean_dice_ratios_and_best(report):
     assert re.search(r'<td class="flag">0 / 1</td>', html)
     assert "Generated " in html and "crd-bench 0." in html
     assert "Fake CPU" in html and "2.5.0" in html
+    assert "one training seed: the tests below are over test pairs" in html  # the caveat of a 1-seed run
 
 
 def test_dsc30_is_the_30th_percentile_of_pair_dice(report):
@@ -164,7 +165,7 @@ def test_named_comparison_sentence_states_interval_test_and_pairs(report):
 def test_seeds_are_averaged_per_pair_and_their_spread_shown(tmp_path):
     tables = make_tables(tmp_path, {"ds": PROFILE}, seeds=(0, 1, 2))
     html = build_report(tables, tmp_path / "r.html").read_text()
-    assert "3 training seeds (0, 1, 2)" in html
+    assert "3 training seeds (0, 1, 2)" in html and "one training seed:" not in html
     df = _frame(tables)
     crd = df[(df.method == "crd") & (df.metric == "dice") & df.label.isna()]
     per_seed = crd.groupby("seed")["value"].mean()

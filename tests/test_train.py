@@ -18,6 +18,23 @@ from repo_paths import REPO
 FAST = {"iterations": 4, "checkpoint_every": 2, "val_pairs": 1, "ncc_window": 5, "lr": 1e-3}
 
 
+def _killed_at_step(step: int, monkeypatch, data, out, **kwargs) -> None:
+    """Run ``train`` until Adam's ``step``-th step, where it is killed (KeyboardInterrupt), as an
+    interrupted job; Adam is restored afterwards."""
+    real_step, calls = torch.optim.Adam.step, {"n": 0}
+
+    def flaky_step(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", flaky_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, out, **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+
+
 def test_training_steps_lower_the_loss_on_a_pair():
     torch.manual_seed(0)
     from crd.deform import random_bspline_displacement
@@ -76,20 +93,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tiny_synth, tmp_path, 
     kwargs = dict(method="lr", model_config={"kind": "lowres"}, settings=settings, threads=1, progress=False)
     reference = train(tiny_synth, tmp_path / "ref.pt", **kwargs)
 
-    calls = {"n": 0}
-    real_step = torch.optim.Adam.step
-
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", flaky_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_synth, tmp_path / "run.pt", **kwargs)
+    _killed_at_step(3, monkeypatch, tiny_synth, tmp_path / "run.pt", **kwargs)
     assert (tmp_path / ".run.pt.resume").is_file() and not (tmp_path / "run.pt").exists()
-    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
     resumed = train(tiny_synth, tmp_path / "run.pt", **kwargs)
     assert read_checkpoint(resumed)["training"]["resumed_at"] == 2
     a, b = read_checkpoint(reference)["state_dict"], read_checkpoint(resumed)["state_dict"]
@@ -129,18 +134,7 @@ def test_settings_reject_unknown_keys():
 def test_interrupted_run_keeps_its_history(tiny_synth, tmp_path, monkeypatch):
     settings = TrainSettings.from_dict({**FAST, "checkpoint_every": 1})
     kwargs = dict(method="lr", model_config={"kind": "lowres"}, settings=settings, threads=1, progress=False)
-    real_step, calls = torch.optim.Adam.step, {"n": 0}
-
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", flaky_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_synth, tmp_path / "run.pt", **kwargs)
-    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    _killed_at_step(3, monkeypatch, tiny_synth, tmp_path / "run.pt", **kwargs)
     out = train(tiny_synth, tmp_path / "run.pt", **kwargs)
     assert sorted(set(load_history(history_path(out))["iteration"])) == [0, 1, 2, 3, 4]
 
@@ -180,18 +174,7 @@ def test_resume_state_loads_rng_states_on_the_cpu(tiny_synth, tmp_path, monkeypa
 
     settings = TrainSettings.from_dict(FAST)
     kwargs = dict(method="lr", model_config={"kind": "lowres"}, settings=settings, threads=1, progress=False)
-    real_step, calls = torch.optim.Adam.step, {"n": 0}
-
-    def flaky_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", flaky_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_synth, tmp_path / "run.pt", **kwargs)
-    monkeypatch.setattr(torch.optim.Adam, "step", real_step)
+    _killed_at_step(3, monkeypatch, tiny_synth, tmp_path / "run.pt", **kwargs)
     monkeypatch.setattr(torch, "load", spy)
     train(tiny_synth, tmp_path / "run.pt", **kwargs)
     assert seen.get("map_location") == "cpu" and seen.get("weights_only") is True

@@ -386,6 +386,11 @@ def _load_tables(tables: list[Path]) -> dict[str, dict[str, list[Table]]]:
 
 def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | None) -> list[str]:
     notes = [f"{r.method}: {n}" for r in results for n in r.notes]
+    if all(len(r.seeds) == 1 for r in results):
+        notes.append(
+            "one training seed: the tests below are over test pairs and cannot show how much a difference "
+            "between trained methods depends on the training run; train several seeds (seeds: [0, 1, 2]) to see it."
+        )
     sidecars = [t.sidecar for r in results for t in r.tables]
     elsewhere = sorted({f"{r.method} on {t.sidecar['trained_on']}" for r in results for t in r.tables
                         if t.sidecar.get("trained_on") not in (None, name)})  # fmt: skip

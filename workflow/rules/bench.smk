@@ -17,8 +17,8 @@ rule bench:
     log:
         f"{RESULTS}/logs/bench.log",
     params:
-        methods=" ".join(BENCHED),
-        sizes=" ".join(config["bench"]["sizes"]),
+        methods=BENCHED,
+        sizes=config["bench"]["sizes"],
         repeats=config["bench"]["repeats"],
         warmup=config["bench"]["warmup"],
         flags=" ".join(
@@ -35,6 +35,6 @@ rule bench:
     conda:
         ENV
     shell:
-        "{CRD} bench --methods-dir {params.baselines} --methods {params.methods} --sizes {params.sizes}"
-        " --repeats {params.repeats} --warmup {params.warmup} {params.flags} --device {params.device}"
-        " --threads {params.torch_threads} --out {output.table} > {log} 2>&1"
+        "{CRD} bench --methods-dir {params.baselines:q} --methods {params.methods:q} --sizes {params.sizes:q}"
+        " --repeats {params.repeats} --warmup {params.warmup} {params.flags} --device {params.device:q}"
+        " --threads {params.torch_threads} --out {output.table:q} > {log:q} 2>&1"

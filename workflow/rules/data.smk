@@ -71,8 +71,8 @@ rule download:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} download {params.source} {params.folder} {params.terms} {params.files} --no-progress"
-            " && touch {output}"
+            "{CRD} download {params.source:q} {params.folder:q} {params.terms} {params.files} --no-progress"
+            " && touch {output:q}"
         )
 
 
@@ -96,6 +96,6 @@ rule prepare:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} prepare {params.source} {params.folder} {output} --options {params.options:q}"
+            "{CRD} prepare {params.source:q} {params.folder:q} {output:q} --options {params.options:q}"
             " --threads {threads} --overwrite --no-progress"
         )
