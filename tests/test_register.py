@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -26,6 +27,15 @@ FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}
 
 SHAPE = (40, 50, 36)  # no side a multiple of 32
 AFFINE = np.array([[0.0, 0.0, -1.1, 20.0], [-0.9, 0.0, 0.0, 30.0], [0.0, 1.2, 0.0, -15.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+@pytest.fixture
+def crd_records(caplog, monkeypatch):
+    """caplog for the ``crd`` loggers even after an earlier CLI call in this process set them up
+    (``setup_logging`` stops propagation to the root logger, where caplog listens)."""
+    monkeypatch.setattr(logging.getLogger("crd"), "propagate", True)
+    caplog.set_level(logging.WARNING, logger="crd")
+    return caplog
 
 
 def blob(shape, seed=0):
@@ -176,13 +186,13 @@ def _checkpoint_recording(tmp_path, record):
     [("none", "none"), ("minmax", "minmax"), (None, "none"), ("official", "none")],
     ids=["none", "minmax", "crd-train", "imported"],
 )
-def test_default_options_follow_the_checkpoint_record(tmp_path, unit_pair, caplog, record, fed):
+def test_default_options_follow_the_checkpoint_record(tmp_path, unit_pair, crd_records, record, fed):
     """No --normalisation: a checkpoint that says "none" (the authors' weights; crd train's, which
     say nothing, as crd evaluate feeds dataset images) gets the arrays unchanged; "minmax" gets
     each image scaled to [0, 1]. Compared with the model called directly on the arrays."""
     model, ckpt = _checkpoint_recording(tmp_path, record)
     result = run(ckpt, unit_pair, tmp_path / "out")
-    assert result.normalisation == fed and result.warnings == [] and not caplog.records
+    assert result.normalisation == fed and result.warnings == [] and not crd_records.records
     flow = nib.load(str(result.flow)).get_fdata(dtype=np.float32)
     expected = expected_flow(model, unit_pair, minmax=fed == "minmax")
     other = expected_flow(model, unit_pair, minmax=fed != "minmax")
@@ -206,25 +216,25 @@ def test_normalisation_can_be_overridden(tmp_path, pair, unit_pair):
         run(ckpt, pair, tmp_path / "out2", normalisation="zscore")
 
 
-def test_images_far_outside_unit_range_fed_as_stored_are_warned_about(tmp_path, pair, unit_pair, caplog):
+def test_images_far_outside_unit_range_fed_as_stored_are_warned_about(tmp_path, pair, unit_pair, crd_records):
     """Raw intensities (here 5 to about 800) given to a checkpoint that says "none": one line per
     image naming the file, its range and the way out; the registration still runs."""
     ckpt = save_checkpoint(
         tmp_path / "identity.pt", IdentityNet(), method="identity", input_spec={"normalisation": "none"}
     )
     result = run(ckpt, pair, tmp_path / "out")
-    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
-    assert [r.getMessage() for r in caplog.records] == result.warnings
+    assert [r.levelname for r in crd_records.records] == ["WARNING", "WARNING"]
+    assert [r.getMessage() for r in crd_records.records] == result.warnings
     for name, message in zip(("fixed", "moving"), result.warnings, strict=True):
         assert "\n" not in message
         hi = nib.load(str(pair[name])).get_fdata().max()
         assert message.startswith(f"crd register: warning: {name} {pair[name]}: intensities span [5, {hi:.4g}]")
         assert "far outside [0, 1]" in message and "pass --normalisation minmax" in message
     assert result.warped.is_file()
-    caplog.clear()
+    crd_records.clear()
     assert run(ckpt, pair, tmp_path / "out2", normalisation="minmax").warnings == []  # rescaled: all well
     assert run(ckpt, unit_pair, tmp_path / "out3").warnings == []
-    assert not caplog.records
+    assert not crd_records.records
 
 
 @pytest.mark.parametrize(
