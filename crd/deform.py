@@ -1,6 +1,6 @@
 """Smooth random displacement fields by cubic B-spline free-form deformation (FFD).
 
-A displacement field here follows the project conventions (DESIGN.md): ``(B, 3, D, H, W)``,
+A displacement field here follows the project conventions (docs/conventions.md): ``(B, 3, D, H, W)``,
 channels in the order of the spatial axes (D, H, W), in voxels of the grid it lives on, applied as
 ``warped(p) = moving(p + u(p))`` by :func:`crd.models.functional.warp`.
 

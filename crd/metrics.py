@@ -1,6 +1,6 @@
 """Registration metrics on numpy arrays: Dice, HD95, ASSD, Jacobian determinant, folding, SDlogJ.
 
-Conventions (see DESIGN.md and docs/metrics.md):
+Conventions (see docs/conventions.md and docs/metrics.md):
 
 - A label map is an integer array ``(D, H, W)`` (a float array of whole numbers, as a
   nearest-neighbour warp returns, is accepted and cast); 0 is background by convention, but every

@@ -1,4 +1,4 @@
-"""Warp and resize semantics (DESIGN.md conventions)."""
+"""Warp and resize semantics (docs/conventions.md)."""
 
 import pytest
 import torch

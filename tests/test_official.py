@@ -1,7 +1,7 @@
 """Importing the CRD authors' weights: our models reproduce their network exactly.
 
 The reference below is an independent, plain functional re-statement of the authors' network,
-written from ``crd-official/ARCHITECTURE.md`` alone: ``F.conv3d`` on their raw state dict with
+written from the description in docs/architecture.md alone: ``F.conv3d`` on their raw state dict with
 their key names, nothing from ``crd.models``. It runs on random weights saved in their format
 (always) and on the released files (when ``../shared/crd-official`` is present).
 """
@@ -26,7 +26,7 @@ needs_official = pytest.mark.skipif(
 )
 
 # ---------------------------------------------------------------------------------------------
-# the authors' network, from ARCHITECTURE.md
+# the authors' network, from docs/architecture.md
 # ---------------------------------------------------------------------------------------------
 
 PREFIX = "module.defnet_0."

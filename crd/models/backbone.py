@@ -1,6 +1,6 @@
 """The registration backbone: the CRD authors' VoxelMorph-style 3-D U-Net, with a width multiplier.
 
-Layer for layer the network of ``crd-official/ARCHITECTURE.md``: every convolution is 3x3x3 with
+Layer for layer the authors' network as docs/architecture.md restates it: every convolution is 3x3x3 with
 padding 1 and a bias, followed by LeakyReLU(0.2) except the flow head; the decoder upsamples with
 nearest-neighbour interpolation to the skip connection's grid. Module names equal the authors'
 checkpoint keys (``conv1`` ... ``decode1``, ``flow``), so their weights map one to one.

@@ -1,6 +1,6 @@
 """Pure tensor maths shared by every model: warping, resizing images and displacement fields.
 
-Conventions (see DESIGN.md): tensors are ``(B, C, D, H, W)``; a displacement field ``u`` is
+Conventions (see docs/conventions.md): tensors are ``(B, C, D, H, W)``; a displacement field ``u`` is
 ``(B, 3, D, H, W)`` with channels in the order of the spatial axes (D, H, W), in voxels of the
 grid it lives on, and ``warped(p) = moving(p + u(p))`` with voxel centres at integer coordinates
 (``align_corners=True`` semantics).
@@ -95,7 +95,7 @@ def downsample(x: torch.Tensor, factor: int = 2, align_corners: bool = False) ->
 
     The output grid is ``(D // factor, H // factor, W // factor)``. ``align_corners`` selects the
     grid convention: the naive low-resolution model uses ``False`` (PyTorch's default); the
-    feature-shifted teacher's low-resolution path uses ``True`` (ARCHITECTURE.md).
+    feature-shifted teacher's low-resolution path uses ``True`` (docs/architecture.md).
     """
     check_volume(x)
     size = [s // factor for s in x.shape[2:]]

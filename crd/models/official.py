@@ -2,7 +2,7 @@
 
 The authors of "Cross-Resolution Distillation for Efficient 3D Medical Image Registration" released
 two state dicts in BlaiseBrain/CRD_registration (folder ``ckpt/``), both trained on OASIS brain MRI
-(``crd-official/ARCHITECTURE.md`` describes them):
+(docs/architecture.md restates their network):
 
 - ``lr``: the naive low-resolution model (the CRD student's initialisation), 320,419 parameters,
   rebuilt here as ``LowResolutionNet(width=1, factor=2)``;

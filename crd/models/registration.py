@@ -92,7 +92,7 @@ class LowResolutionNet(nn.Module):
     3. upsampled to ``(D, H, W)`` (trilinear, ``align_corners=False``) and multiplied by
        ``factor`` so that it is in full-resolution voxels.
 
-    This is the CRD student's network (ARCHITECTURE.md, "Naive low-resolution model").
+    This is the CRD student's network (docs/architecture.md, "Naive low-resolution model").
     """
 
     kind = "lowres"

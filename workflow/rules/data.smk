@@ -1,4 +1,4 @@
-# Datasets into the canonical layout (DESIGN.md): <data_root>/<dataset>/{images,labels,...}.
+# Datasets into the canonical layout (docs/conventions.md): <data_root>/<dataset>/{images,labels,...}.
 SYNTH = [d for d, spec in config["datasets"].items() if spec["source"] == "synth"]
 
 
