@@ -1068,26 +1068,21 @@ def score_pair(
 # files -> one summary (``crd metrics``)
 # --------------------------------------------------------------------------------------------
 
-# Two grids are the same when their voxel-to-world affines agree to this many millimetres.
-_AFFINE_ATOL_MM = 1e-3
-
-
 def _load_nifti(path: Path, what: str):
-    import nibabel as nib
+    from crd.volumes import open_image
 
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path}: file not found")
-    try:
-        return nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for unreadable files
-        raise ValueError(f"{what} {path}: cannot read as NIfTI ({exc})") from None
+    return open_image(path, what, error=ValueError)
 
 
 def _load_label_file(path: Path, what: str):
+    from crd.volumes import voxels
+
     img = _load_nifti(path, what)
     if len(img.shape) != 3:
         raise ValueError(f"{what} {path}: expected a 3-D (D, H, W) label map, got shape {tuple(img.shape)}")
-    data = np.asanyarray(img.dataobj)
+    data = voxels(img, path, what, error=ValueError)
     try:
         data = _check_labels(data, f"{what} {path}")
     except (TypeError, ValueError) as exc:
@@ -1096,7 +1091,9 @@ def _load_label_file(path: Path, what: str):
 
 
 def _same_grid(a, b) -> bool:
-    return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, rtol=0, atol=_AFFINE_ATOL_MM)
+    from crd.volumes import same_grid
+
+    return same_grid(a, b)
 
 
 def _grid_text(img) -> str:
@@ -1162,14 +1159,14 @@ def score_files(
                 f"flow {flow_path}: expected a (D, H, W, 3) displacement field in voxels, got shape "
                 f"{tuple(int(n) for n in flow_img.shape)}"
             )
-        if shape[:3] != tuple(fixed.shape) or not np.allclose(
-            flow_img.affine, fixed_img.affine, rtol=0, atol=_AFFINE_ATOL_MM
-        ):
+        if shape[:3] != tuple(fixed.shape) or not _same_grid(flow_img, fixed_img):
             raise ValueError(
                 f"flow {flow_path} (shape {shape[:3]}) is not on the grid of the fixed labels {fixed_path} "
                 f"({_grid_text(fixed_img)}): expected the same shape and affine"
             )
-        data = np.asanyarray(flow_img.dataobj).reshape(shape)
+        from crd.volumes import voxels
+
+        data = voxels(flow_img, flow_path, "flow", error=ValueError).reshape(shape)
         if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
             raise ValueError(f"flow {flow_path}: expected real displacement values, got dtype {data.dtype}")
         u = np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32 if data.dtype != np.float64 else None)

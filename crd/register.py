@@ -35,12 +35,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crd.data.layout import save_image_atomic
+from crd.atomic import check_outputs
 from crd.errors import CheckpointError, CrdError
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
 from crd.profiling import measure
 from crd.runtime import configure_threads, select_device
+from crd.volumes import GRID_ATOL_MM, save_images_atomic, voxels
+from crd.volumes import check_same_grid as _check_same_grid
+from crd.volumes import read_volume as _read_volume
 
 __all__ = [
     "GRID_ATOL_MM",
@@ -55,12 +58,10 @@ __all__ = [
     "intensity_range_warning",
     "pad_to_multiple",
     "predict_flow",
+    "volume_image",
     "write_volume",
     "register",
 ]
-
-#: largest difference (mm) between two affines' entries for the images to share a grid
-GRID_ATOL_MM = 1e-3
 
 #: intensity normalisations a checkpoint's ``input`` entry (or ``--normalisation``) can ask for
 NORMALISATIONS = ("minmax", "none")
@@ -131,26 +132,9 @@ class RegistrationResult:
 
 
 def read_volume(path: Path, name: str) -> nib.spatialimages.SpatialImage:
-    """Load a 3-D image with nibabel (trailing axes of length 1 are dropped).
-
-    Raises :class:`InputImageError` naming ``name`` and ``path`` if the file is missing,
-    unreadable, or not a 3-D volume.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputImageError(f"{name} {path}: file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for unknown or corrupt files
-        raise InputImageError(f"{name} {path}: cannot be read by nibabel ({exc})") from None
-    shape = tuple(int(s) for s in img.shape)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    if len(shape) != 3:
-        raise InputImageError(f"{name} {path}: expected a 3-D volume, got shape {tuple(img.shape)}")
-    if shape != tuple(img.shape):
-        img = img.__class__(np.asanyarray(img.dataobj).reshape(shape), img.affine, img.header)
-    return img
+    """Open a 3-D image (:func:`crd.volumes.read_volume`); a missing, unreadable or non-3-D file
+    raises :class:`InputImageError` naming ``name`` and ``path``."""
+    return _read_volume(path, name, error=InputImageError)
 
 
 def check_same_grid(
@@ -160,24 +144,24 @@ def check_same_grid(
     atol: float = GRID_ATOL_MM,
 ) -> None:
     """Raise :class:`InputImageError` unless ``a`` and ``b`` have the same shape and affine."""
-    what = f"{names[0]} and {names[1]} must share one voxel grid (resample them to the same grid first)"
-    if tuple(a.shape) != tuple(b.shape):
-        raise InputImageError(f"{what}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
-    diff = float(np.abs(np.asarray(a.affine) - np.asarray(b.affine)).max())
-    if not diff <= atol:
-        raise InputImageError(
-            f"{what}: their affines differ by up to {diff:.4g} mm (tolerance {atol} mm); {names[0]} affine "
-            f"{np.round(a.affine, 4).tolist()}, {names[1]} affine {np.round(b.affine, 4).tolist()}"
-        )
+    _check_same_grid(a, b, names, atol=atol, error=InputImageError)
 
 
-def _image_array(img: nib.spatialimages.SpatialImage) -> np.ndarray:
-    data = np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
-    return np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+def _image_array(img: nib.spatialimages.SpatialImage, name: str, path: Path) -> tuple[np.ndarray, str | None]:
+    """The voxels as float32, non-finite values set to 0; with a one-line warning when there were any."""
+    data = voxels(img, path, name, dtype=np.float32, error=InputImageError)
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if not bad:
+        return data, None
+    warning = (
+        f"crd register: warning: {name} {path}: {bad} of {data.size} voxels are NaN or infinite; "
+        "they are registered as 0"
+    )
+    return np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), warning
 
 
 def _label_array(img: nib.spatialimages.SpatialImage, path: Path) -> np.ndarray:
-    data = np.asanyarray(img.dataobj)
+    data = voxels(img, path, "moving labels", error=InputImageError)
     if np.issubdtype(data.dtype, np.integer):
         return data
     rounded = np.rint(data)
@@ -284,13 +268,11 @@ def _check_output(path: Path, option: str) -> Path:
     return path
 
 
-def write_volume(
-    path: Path, array: np.ndarray, like: nib.spatialimages.SpatialImage, description: str | None = None
-) -> Path:
-    """Write ``array`` (``(D, H, W)`` or ``(D, H, W, 3)``) as NIfTI-1 with ``like``'s affine and
-    header (data type and scaling reset to ``array``'s), atomically: temporary file in the same
-    folder, then rename."""
-    path = Path(path)
+def volume_image(
+    array: np.ndarray, like: nib.spatialimages.SpatialImage, description: str | None = None
+) -> nib.Nifti1Image:
+    """``array`` (``(D, H, W)`` or ``(D, H, W, 3)``) as a NIfTI-1 image with ``like``'s affine and
+    header (data type and scaling reset to ``array``'s)."""
     try:
         header = nib.Nifti1Header.from_header(like.header)
     except Exception:  # a header nibabel cannot convert to NIfTI-1 (e.g. some MGH fields)
@@ -300,7 +282,14 @@ def write_volume(
     img.header.set_slope_inter(None, None)
     if description is not None:
         img.header["descrip"] = description[:79].encode()
-    return save_image_atomic(img, path)
+    return img
+
+
+def write_volume(
+    path: Path, array: np.ndarray, like: nib.spatialimages.SpatialImage, description: str | None = None
+) -> Path:
+    """Write :func:`volume_image` of ``array`` to ``path`` atomically (temporary file, then rename)."""
+    return save_images_atomic({path: volume_image(array, like, description)})[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,6 +339,10 @@ def register(
         out_warped_labels = _check_output(out_warped_labels, "--out-warped-labels")
     if normalisation not in (None, *NORMALISATIONS):
         raise InputImageError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+    check_outputs(
+        {"fixed image": fixed, "moving image": moving, "moving labels": moving_labels, "checkpoint": checkpoint},
+        {"--out-warped": out_warped, "--out-flow": out_flow, "--out-warped-labels": out_warped_labels},
+    )
     dev = select_device(device)
     configure_threads(threads)
 
@@ -366,11 +359,13 @@ def register(
         spec["normalisation"] = normalisation
     mode = spec.get("normalisation", DEFAULT_NORMALISATION)
 
-    fixed_raw = _image_array(fixed_img)
-    moving_raw = _image_array(moving_img)
+    fixed_raw, fixed_bad = _image_array(fixed_img, "fixed", Path(fixed))
+    moving_raw, moving_bad = _image_array(moving_img, "moving", Path(moving))
     warnings = [
         w
         for w in (
+            fixed_bad,
+            moving_bad,
             intensity_range_warning(fixed_raw, "fixed", Path(fixed), mode),
             intensity_range_warning(moving_raw, "moving", Path(moving), mode),
         )
@@ -400,12 +395,13 @@ def register(
             warped_labels = warp(labels_t, flow, mode="nearest") if labels_t is not None else None
 
     flow_np = flow[0].permute(1, 2, 3, 0).float().cpu().numpy()
-    outputs = [write_volume(out_warped, warped[0, 0].float().cpu().numpy(), fixed_img)]
+    images = {out_warped: volume_image(warped[0, 0].float().cpu().numpy(), fixed_img)}
     if out_flow is not None:
-        outputs.append(write_volume(out_flow, flow_np, fixed_img, "crd displacement, voxels, channels D,H,W (i,j,k)"))
+        images[out_flow] = volume_image(flow_np, fixed_img, "crd displacement, voxels, channels D,H,W (i,j,k)")
     if warped_labels is not None and labels is not None:
         values = warped_labels[0, 0].round().cpu().numpy().astype(labels.dtype)
-        outputs.append(write_volume(out_warped_labels, values, fixed_img))
+        images[out_warped_labels] = volume_image(values, fixed_img)
+    outputs = save_images_atomic(images)  # all or none
     return RegistrationResult(
         warped=out_warped,
         flow=out_flow,

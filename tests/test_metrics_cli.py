@@ -184,4 +184,4 @@ def test_missing_file_and_bad_labels_option(files, tmp_path, capsys):
     not_nifti = tmp_path / "bad.nii.gz"
     not_nifti.write_text("not a volume")
     err = _error(capsys, ["--fixed-labels", str(not_nifti), "--warped-labels", str(files["warped"])])
-    assert "cannot read as NIfTI" in err
+    assert "cannot be read by nibabel" in err

@@ -24,7 +24,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from crd.atomic import atomic_target, default_mode, write_text_atomic
+from crd.atomic import default_mode, write_text_atomic
+from crd.volumes import read_volume, save_image_atomic, voxels
 
 __all__ = [
     "SPLITS",
@@ -91,8 +92,7 @@ class Dataset:
     def load_image(self, subject: str) -> np.ndarray:
         """The image of ``subject`` as a float32 ``(D, H, W)`` array (header scaling applied)."""
         path = self.image_path(subject)
-        img = _load_nifti(path)
-        return np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32)
+        return voxels(_load_nifti(path, "image"), path, "image", dtype=np.float32, error=DatasetError)
 
     def load_labels(self, subject: str) -> np.ndarray:
         """The label map of ``subject`` as an integer ``(D, H, W)`` array.
@@ -101,8 +101,7 @@ class Dataset:
         are not integers.
         """
         path = self.label_path(subject)
-        img = _load_nifti(path)
-        data = np.asanyarray(img.dataobj)
+        data = voxels(_load_nifti(path, "label map"), path, "label map", error=DatasetError)
         if not np.issubdtype(data.dtype, np.integer):
             rounded = np.rint(data)
             if not np.array_equal(rounded, data):
@@ -164,16 +163,8 @@ class Dataset:
                     )
 
 
-def _load_nifti(path: Path) -> nib.Nifti1Image:
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        img = nib.load(str(path))
-    except Exception as exc:  # nibabel raises several types for corrupt files
-        raise DatasetError(f"{path}: cannot read as NIfTI ({exc})") from exc
-    if len(img.shape) != 3:
-        raise DatasetError(f"{path}: expected a 3-D volume (D, H, W), got shape {img.shape}")
-    return img
+def _load_nifti(path: Path, what: str = "volume") -> nib.spatialimages.SpatialImage:
+    return read_volume(path, what, error=DatasetError)
 
 
 def _read_info(path: Path) -> dict[str, Any]:
@@ -356,16 +347,6 @@ def write_nifti(
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return save_image_atomic(img, path)
-
-
-def save_image_atomic(img: nib.spatialimages.SpatialImage, path: str | os.PathLike[str]) -> Path:
-    """``nib.save`` to a temporary file in ``path``'s folder (same extension, so the same format
-    and compression), then ``os.replace``: readers never see a half-written image."""
-    path = Path(path)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    with atomic_target(path, suffix) as tmp:
-        nib.save(img, str(tmp))
-    return path
 
 
 def write_dataset_json(root: str | os.PathLike[str], info: Mapping[str, Any]) -> Path:

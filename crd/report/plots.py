@@ -132,17 +132,12 @@ def label_plot(results: list[MethodResult], colours: dict[str, Any]) -> str | No
     return _png(fig)
 
 
-def _load_nifti(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
-    import nibabel as nib
+def _load_nifti(path: str, what: str = "image") -> tuple[np.ndarray, tuple[float, float, float]]:
+    from crd.volumes import read_volume, voxels
 
-    img = nib.load(path)
-    arr = np.asanyarray(img.dataobj)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise ValueError(f"{path}: expected a 3-D (D, H, W) image, got shape {arr.shape}")
+    img = read_volume(path, what, error=ValueError)
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return arr, zooms  # type: ignore[return-value]
+    return voxels(img, path, what, error=ValueError), zooms  # type: ignore[return-value]
 
 
 def _draw_contours(ax, lab: np.ndarray) -> None:
