@@ -90,6 +90,98 @@ def test_server_without_range_support_restarts(tmp_path):
         assert path.read_bytes() == PAYLOAD
 
 
+# Without a published checksum nothing but the sizes and offsets the server states can catch a
+# corrupt file; a reply that does not fit the .part discards it and starts once more from byte 0.
+HAVE = 12345
+LAST = len(PAYLOAD) - 1
+
+
+def _starts_again(log, path):
+    """The log of a resume refused once and a plain download from byte 0."""
+    return [r[:2] for r in log] == [(path, f"bytes={HAVE}-"), (path, None)] and log[-1][2] == 200
+
+
+def test_complete_partial_file_is_accepted_on_416(tmp_path):
+    # the .part from an earlier run is whole: the server's 416 says the file has exactly its size
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD)
+    with serve({"/a.zip": PAYLOAD}) as srv:
+        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
+        assert path.read_bytes() == PAYLOAD
+        assert srv.log == [("/a.zip", f"bytes={len(PAYLOAD)}-", 416)]
+
+
+@pytest.mark.parametrize("part, always_416, total_on_416", [
+    (PAYLOAD + b"stale tail", False, True),  # .part larger than the file: 416 says another size
+    (PAYLOAD + b"stale tail", False, False),  # ... or no size at all
+    (PAYLOAD[:HAVE], True, True),  # a short .part answered 416 regardless
+    (PAYLOAD, False, False),  # the right size, but the 416 does not say so
+], ids=["larger", "larger-no-total", "416-regardless", "no-total"])
+def test_416_that_does_not_confirm_the_part_restarts(tmp_path, part, always_416, total_on_416):
+    (tmp_path / "a.zip.part").write_bytes(part)
+    with serve({"/a.zip": PAYLOAD}) as srv:
+        srv.always_416, srv.total_on_416 = always_416, total_on_416
+        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
+        assert path.read_bytes() == PAYLOAD
+        assert [r[:2] for r in srv.log] == [("/a.zip", f"bytes={len(part)}-"), ("/a.zip", None)]
+        assert [r[2] for r in srv.log] == [416, 200]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
+
+
+@pytest.mark.parametrize("knobs", [
+    {"range_start": 0},  # 206 with the whole file
+    {"range_start": 5000},  # 206 from another offset
+    {"content_range": ""},  # no Content-Range
+    {"content_range": f"bytes={HAVE}-{LAST}"},  # unparseable
+    {"content_range": f"bytes 0-{LAST}/{len(PAYLOAD)}"},  # says another start than it sends
+], ids=["from-0", "from-5000", "missing", "unparseable", "wrong-header"])
+def test_206_that_does_not_continue_the_part_restarts(tmp_path, knobs):
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:HAVE])
+    with serve({"/a.zip": PAYLOAD}) as srv:
+        for key, value in knobs.items():
+            setattr(srv, key, value)
+        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
+        assert path.read_bytes() == PAYLOAD
+        assert _starts_again(srv.log, "/a.zip") and srv.log[0][2] == 206
+
+
+@pytest.mark.parametrize("knobs", [
+    {"oversend": 1000},  # no Content-Length, 1000 bytes past the announced total
+    {"content_range": f"bytes {HAVE}-{LAST}/{len(PAYLOAD) - 100}"},  # total below the range's end
+    {"content_range": f"bytes {HAVE}-{LAST - 100}/{len(PAYLOAD)}"},  # Content-Length says more
+], ids=["oversend", "total-too-small", "length-disagrees"])
+def test_more_bytes_than_announced_restarts(tmp_path, knobs):
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:HAVE])
+    with serve({"/a.zip": PAYLOAD}) as srv:
+        for key, value in knobs.items():
+            setattr(srv, key, value)
+        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
+        assert path.read_bytes() == PAYLOAD
+        assert _starts_again(srv.log, "/a.zip") and srv.log[0][2] == 206
+
+
+@pytest.mark.parametrize("knobs", [
+    {"always_416": True}, {"range_start": 0}, {"oversend": 10},
+], ids=["416", "wrong-start", "oversend"])
+def test_inconsistent_resume_after_the_restart_is_one_error(tmp_path, knobs):
+    # every resume is answered wrongly; the one restart from byte 0 is cut, so it must resume too
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:HAVE])
+    with serve({"/a.zip": PAYLOAD}) as srv:
+        for key, value in knobs.items():
+            setattr(srv, key, value)
+        srv.cut_after, srv.cuts, srv.cut_status = 200_000, 1, 200
+        with pytest.raises(DownloadError) as info:
+            fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False,
+                  sleep=_no_sleep)
+        log = list(srv.log)
+    msg = str(info.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    assert "cannot download a.zip" in msg and "starting again from byte 0" in msg
+    assert str(tmp_path / "a.zip") in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no final file, no .part
+    assert len(log) == 3 and log[0][1] == f"bytes={HAVE}-" and log[1][1:] == (None, 200)
+    assert log[2][1] is not None and log[2][1] != log[0][1]  # the resume after the cut
+
+
 def test_http_error_is_one_message(tmp_path):
     with serve({}) as srv:
         with pytest.raises(DownloadError, match="answered 404"):
