@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from crd.atomic import OutputClashError
 from crd.cli import main
 from crd.errors import CheckpointError
 from crd.models.checkpoint import load_model, save_checkpoint
@@ -375,6 +376,98 @@ def test_missing_and_unreadable_inputs_are_named(tmp_path, pair):
         register(ckpt, junk, pair["moving"], tmp_path / "w.nii.gz", device="cpu")
     with pytest.raises(CheckpointError, match="checkpoint file not found"):
         register(tmp_path / "none.pt", pair["fixed"], pair["moving"], tmp_path / "w.nii.gz", device="cpu")
+
+
+def _truncated_copy(src, dst):
+    data = src.read_bytes()
+    dst.write_bytes(data[: len(data) // 2])
+    return dst
+
+
+def test_truncated_inputs_are_one_line_errors_naming_the_file(tmp_path, pair):
+    """A .nii.gz cut in half opens (nibabel reads the header lazily) but its voxels do not."""
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    cut = _truncated_copy(pair["moving"], tmp_path / "cut.nii.gz")
+    with pytest.raises(InputImageError, match=r"moving .*cut.nii.gz: its voxels cannot be read, the file is truncated"):
+        register(ckpt, pair["fixed"], cut, tmp_path / "out" / "w.nii.gz", device="cpu")
+    cut_labels = _truncated_copy(pair["labels"], tmp_path / "cut_labels.nii.gz")
+    with pytest.raises(InputImageError, match=r"moving labels .*cut_labels.nii.gz: its voxels cannot be read"):
+        register(ckpt, pair["fixed"], pair["moving"], tmp_path / "out" / "w.nii.gz", device="cpu",
+                 moving_labels=cut_labels, out_warped_labels=tmp_path / "out" / "l.nii.gz")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("clash", ["fixed", "moving", "labels", "checkpoint", "other output"])
+def test_an_output_never_replaces_an_input_or_another_output(tmp_path, pair, clash):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    target = {"fixed": pair["fixed"], "moving": pair["moving"], "labels": pair["labels"], "checkpoint": ckpt,
+              "other output": tmp_path / "w.nii.gz"}[clash]  # fmt: skip
+    if clash == "checkpoint":  # a checkpoint named like an image, so only the clash can refuse it
+        target = tmp_path / "identity.nii.gz"
+        ckpt = save_checkpoint(target, IdentityNet(), method="identity")
+    before = {p: p.read_bytes() for p in (pair["fixed"], pair["moving"], pair["labels"], ckpt)}
+    with pytest.raises(OutputClashError, match=f"--out-flow {target} (is the|is also)"):
+        register(ckpt, pair["fixed"], pair["moving"], tmp_path / "w.nii.gz", out_flow=target, device="cpu",
+                 moving_labels=pair["labels"], out_warped_labels=tmp_path / "l.nii.gz")  # fmt: skip
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (tmp_path / "w.nii.gz").exists() and not (tmp_path / "l.nii.gz").exists()
+
+
+def test_the_command_line_refuses_an_output_that_is_an_input_in_one_line(tmp_path, pair, capsys):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    before = pair["fixed"].read_bytes()
+    argv = ["register", "--checkpoint", str(ckpt), "--fixed", str(pair["fixed"]), "--moving", str(pair["moving"]),
+            "--out-warped", str(tmp_path / "w.nii.gz"), "--out-flow", str(pair["fixed"]), "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out-flow {pair['fixed']} is the fixed image" in err
+    assert pair["fixed"].read_bytes() == before and not (tmp_path / "w.nii.gz").exists()
+
+
+def test_an_output_through_a_link_to_an_input_is_refused(tmp_path, pair):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(pair["fixed"])
+    before = pair["fixed"].read_bytes()
+    with pytest.raises(OutputClashError, match="is the fixed image"):
+        register(ckpt, pair["fixed"], pair["moving"], link, device="cpu")
+    assert pair["fixed"].read_bytes() == before
+
+
+def test_outputs_are_written_all_or_none(tmp_path, pair, monkeypatch):
+    """The third image fails to save: the first two are not left behind, nor any temporary file."""
+    import crd.volumes
+
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    real_save = crd.volumes.nib.save
+    calls = []
+
+    def failing_save(img, name):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        real_save(img, name)
+
+    monkeypatch.setattr(crd.volumes.nib, "save", failing_save)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="disk full"):
+        register(ckpt, pair["fixed"], pair["moving"], out / "w.nii.gz", out_flow=out / "u.nii.gz", device="cpu",
+                 moving_labels=pair["labels"], out_warped_labels=out / "l.nii.gz")  # fmt: skip
+    assert len(calls) == 3 and sorted(p.name for p in out.iterdir()) == []
+
+
+def test_non_finite_voxels_are_registered_as_zero_with_a_warning(tmp_path, unit_pair, crd_records):
+    ckpt = save_checkpoint(tmp_path / "identity.pt", IdentityNet(), method="identity")
+    img = nib.load(str(unit_pair["moving"]))
+    data = img.get_fdata(dtype=np.float32)
+    data[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    moving = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), str(moving))
+    result = register(ckpt, unit_pair["fixed"], moving, tmp_path / "w.nii.gz", device="cpu")
+    assert result.warnings == [
+        f"crd register: warning: moving {moving}: 3 of {data.size} voxels are NaN or infinite; they are registered as 0"
+    ]
+    assert np.isfinite(nib.load(str(result.warped)).get_fdata()).all()
 
 
 # ---------------------------------------------------------------------------------------------
