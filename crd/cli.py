@@ -180,7 +180,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         Path(args.out),
         method=method,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-        model_config=None if args.checkpoint else model,
+        model_config=model,
         seed=args.seed,
         split=args.split,
         device=args.device,

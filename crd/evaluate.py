@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from crd.atomic import write_text_atomic
+from crd.atomic import atomic_targets, check_outputs
 from crd.data.layout import open_dataset, write_nifti
+from crd.errors import CheckpointError
 from crd.metrics import score_pair
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
@@ -60,11 +61,21 @@ def evaluate(
     """Evaluate ``method`` on the ``split`` pairs of the dataset at ``data``; write ``out`` (CSV).
 
     The model comes from ``checkpoint`` or, for methods without weights (``identity``), from
-    ``model_config``. Images are fed as stored (scaled to [0, 1] by preprocessing). ``seed``: the
+    ``model_config``; given both, the checkpoint's model must be ``model_config`` (a checkpoint of
+    another architecture is refused, not scored under ``method``'s name). Nothing is written
+    until every pair is scored; then the table, its sidecar and the example image are renamed into
+    place together. No output may be the checkpoint, the log or lie inside the dataset folder.
+    Images are fed as stored (scaled to [0, 1] by preprocessing). ``seed``: the
     training seed recorded in the table; by default the checkpoint's (0 without one); a given seed
     that contradicts the checkpoint's is an error.
     """
     out = Path(out)
+    example_path = out.parent / f"{out.stem}.example.nii.gz"
+    check_outputs(
+        {"checkpoint": checkpoint, "log": log_file},
+        {"--out": out, "its sidecar": out.with_suffix(".json"), "its example image": example_path},
+        {"dataset folder": data},
+    )
     setup_logging(log_file)
     dev = select_device(device)
     n_threads = configure_threads(threads)
@@ -72,6 +83,7 @@ def evaluate(
     trained_on = None
     if checkpoint is not None:
         model, payload = load_model(Path(checkpoint), dev)
+        _check_architecture(Path(checkpoint), model, payload, method, model_config)
         training = payload.get("training") or {}
         trained_on = training.get("dataset")
         trained_seed = (training.get("settings") or {}).get("seed")
@@ -99,8 +111,8 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     n_params = sum(p.numel() for p in model.parameters())
     rows.append({"fixed": None, "moving": None, "metric": "params", "label": None, "value": n_params})
-    example_path = out.parent / f"{out.stem}.example.nii.gz"
     example: dict[str, Any] | None = None
+    example_image: np.ndarray | None = None
 
     _register(model, *_load_pair(dataset, *pairs[0], dev))  # warm-up, untimed
     for i, (fixed_id, moving_id) in enumerate(
@@ -132,7 +144,7 @@ def evaluate(
         )
         rows.extend({**pair, **r} for r in scored)
         if i == 0:
-            write_nifti(example_path, warped[0, 0].float().cpu().numpy(), affine=dataset.load_affine(fixed_id))
+            example_image = warped[0, 0].float().cpu().numpy()
             example = {
                 "fixed": fixed_id,
                 "moving": moving_id,
@@ -160,8 +172,10 @@ def evaluate(
         **device_description(dev),
         "example": example,
     }
-    write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
-    write_text_atomic(out, table.to_csv(index=False))
+    with atomic_targets([example_path, out.with_suffix(".json"), out], [".nii.gz", ".json", ".csv"]) as tmps:
+        write_nifti(tmps[0], example_image, affine=dataset.load_affine(pairs[0][0]))
+        tmps[1].write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+        tmps[2].write_text(table.to_csv(index=False), encoding="utf-8")
     dice = table[(table.metric == "dice") & table.label.isna()]["value"]
     times = table[table.metric == "time_s"]["value"]
     log.info(
@@ -173,6 +187,20 @@ def evaluate(
         out,
     )
     return out
+
+
+def _check_architecture(
+    checkpoint: Path, model: nn.Module, payload: dict[str, Any], method: str, expected: dict[str, Any] | None
+) -> None:
+    """Refuse scoring a checkpoint under a method whose model it does not hold (e.g. hr weights
+    evaluated as ``crd``): the method file's model config must equal the checkpoint's."""
+    if expected is None:
+        return
+    if build_model(expected).config != model.config:
+        raise CheckpointError(
+            f"{checkpoint}: holds model {model.config} (method {payload.get('method')!r}), but method {method!r} "
+            f"is model {dict(expected)}: give the checkpoint trained for {method!r}"
+        )
 
 
 def _load_pair(dataset, fixed_id: str, moving_id: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

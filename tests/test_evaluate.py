@@ -78,3 +78,53 @@ def test_checkpoint_methods_are_rebuilt_from_the_file(cube_dataset, tmp_path):
         p.numel() for p in FullResolutionNet(width=0.25).parameters()
     )
     assert len(_values(table, "dice")) == 1 and 0 <= _values(table, "dice")[0] <= 1
+
+
+def _files(*folders):
+    return {p: p.read_bytes() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_in_one_line(cube_dataset, tmp_path, capsys):
+    """hr weights given as crd: refused (exit 2, one line naming both models), nothing written."""
+    from crd.cli import main
+    from repo_paths import REPO
+
+    ckpt = save_checkpoint(tmp_path / "hr.pt", FullResolutionNet(width=0.25), method="hr")
+    argv = ["evaluate", "--data", str(cube_dataset), "--method-file", str(REPO / "baselines" / "crd.py"),
+            "--checkpoint", str(ckpt), "--out", str(tmp_path / "eval" / "crd.csv"), "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ckpt) in err[0] and "'fullres'" in err[0] and "method 'crd'" in err[0]
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("clash", ["checkpoint", "sidecar over dataset.json", "inside the dataset", "log"])
+def test_outputs_never_replace_inputs(cube_dataset, tmp_path, clash):
+    ckpt = save_checkpoint(tmp_path / "hr.pt", FullResolutionNet(width=0.25), method="hr")
+    log = tmp_path / "hr.log"
+    log.write_text("an earlier run\n")
+    out = {"checkpoint": ckpt, "sidecar over dataset.json": cube_dataset / "dataset.csv",
+           "inside the dataset": cube_dataset / "labels" / "hr.csv", "log": log}[clash]  # fmt: skip
+    before = _files(cube_dataset, tmp_path)
+    with pytest.raises(ValueError, match=f"{out.name}"):
+        evaluate(cube_dataset, out, method="hr", checkpoint=ckpt, device="cpu", progress=False, log_file=log)
+    assert _files(cube_dataset, tmp_path) == before
+
+
+def test_a_failure_part_way_leaves_no_output(cube_dataset, tmp_path, monkeypatch):
+    import crd.evaluate
+
+    calls = []
+
+    def fail_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    real = crd.evaluate.score_pair
+    monkeypatch.setattr(crd.evaluate, "score_pair", fail_on_second)
+    out = tmp_path / "eval" / "identity.csv"
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate(cube_dataset, out, method="identity", model_config={"kind": "identity"}, device="cpu", progress=False)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
