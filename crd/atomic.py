@@ -20,7 +20,15 @@ from pathlib import Path
 
 from crd.errors import CrdError
 
-__all__ = ["default_mode", "atomic_target", "atomic_targets", "write_text_atomic", "check_outputs", "OutputClashError"]
+__all__ = [
+    "default_mode",
+    "atomic_target",
+    "atomic_targets",
+    "write_text_atomic",
+    "check_outputs",
+    "check_writable_folder",
+    "OutputClashError",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -132,3 +140,18 @@ def check_outputs(
                 raise OutputClashError(
                     f"{what} {out} lies inside the {in_what} {folder}: outputs never go into an input folder"
                 )
+
+
+def check_writable_folder(folder: PathLike, what: str) -> Path:
+    """Create ``folder`` if needed and make sure a file can be written in it, so a long job fails
+    at its start, not when it first saves. Raises :class:`~crd.errors.CrdError` with one line
+    naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".crd-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise CrdError(f"{what}: cannot write in {folder} ({exc.strerror or exc})") from None
+    return folder

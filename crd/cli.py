@@ -512,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line; an operating-system error as ``<file>: <reason>``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crd`` console script; returns the exit status."""
     from crd.errors import CrdError
@@ -520,10 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CrdError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (CrdError, ValueError, OSError) as exc:  # OSError: permission denied, disk full, ...
         if os.environ.get("CRD_DEBUG"):
             raise
-        print(f"crd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"crd {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"crd {args.command}: interrupted", file=sys.stderr)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from crd.atomic import write_text_atomic
+from crd.atomic import check_outputs, check_writable_folder, write_text_atomic
 from crd.data.layout import Dataset, open_dataset
 from crd.deform import RandomFFD
 from crd.errors import CrdError
@@ -95,6 +95,9 @@ class TrainSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        for f in dataclasses.fields(cls):
+            if f.name in values and not _fits(values[f.name], str(f.type)):
+                raise ValueError(f"train setting {f.name}: expected {f.type}, got {values[f.name]!r}")
         settings = cls(**values)
         if settings.iterations < 1 or settings.batch_size < 1 or settings.checkpoint_every < 1:
             raise ValueError("iterations, batch_size and checkpoint_every must be >= 1")
@@ -113,6 +116,20 @@ class TrainSettings:
         """``lr_decay_at`` as iteration counts (rounded), as :class:`torch.optim.lr_scheduler.MultiStepLR`
         takes them."""
         return sorted(max(1, round(f * self.iterations)) for f in self.lr_decay_at)
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether ``value`` (from JSON/YAML) fits a :class:`TrainSettings` field annotation
+    (``int``, ``float``, ``float | None``, ``list[float]``); bools are not numbers here."""
+    if value is None:
+        return "None" in annotation
+    if isinstance(value, bool):
+        return False
+    if annotation.startswith("list["):
+        return isinstance(value, list) and all(_fits(v, annotation[5:-1]) for v in value)
+    if annotation.startswith("int"):
+        return isinstance(value, int)
+    return isinstance(value, int | float)
 
 
 def history_path(checkpoint: Path) -> Path:
@@ -290,6 +307,12 @@ def train(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if objective == "distill" and teacher is None:
         raise ValueError("objective 'distill' needs a teacher checkpoint")
+    check_outputs(
+        {"--init checkpoint": init, "--teacher checkpoint": teacher, "log": log_file},
+        {"--out": out, "its history": history_path(out)},
+        {"dataset folder": data},
+    )
+    check_writable_folder(out.parent, "--out")
     setup_logging(log_file)
     dev = select_device(device)
     n_threads = configure_threads(threads)

@@ -218,3 +218,55 @@ def test_distilled_methods_get_the_authors_recipe_at_the_optimiser(tiny_synth, t
     assert (norms["grad_norm_flow"] > 0) == (weights["flow_weight"] > 0)
     assert (norms["grad_norm_attention"] > 0) == (weights["attention_weight"] > 0)
     assert isinstance(history, pd.DataFrame)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"iterations": "many"}, "iterations: expected int, got 'many'"),
+        ({"iterations": 2.5}, "iterations: expected int"),
+        ({"lr": "fast"}, "lr: expected float"),
+        ({"lr": True}, "lr: expected float"),
+        ({"lr_decay_at": 0.5}, "lr_decay_at: expected list"),
+        ({"lr_decay_at": [0.5, "x"]}, "lr_decay_at: expected list"),
+        ({"seed": None}, "seed: expected int, got None"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_one_line_errors(values, message):
+    with pytest.raises(ValueError, match=message.replace("[", "\\[")):
+        TrainSettings.from_dict(values)
+    assert TrainSettings.from_dict({"lr": 1, "augment_max_displacement": None}).lr == 1
+
+
+def test_outputs_are_checked_before_training(tiny_synth, tmp_path):
+    """--out equal to --init, or in a folder that cannot be made: refused at once, nothing changed."""
+    init = save_checkpoint(tmp_path / "lr.pt", LowResolutionNet(width=0.25), method="lr")
+    before = init.read_bytes()
+    model = {"kind": "lowres", "width": 0.25, "factor": 2}
+    with pytest.raises(ValueError, match="--out .*lr.pt is the --init checkpoint"):
+        train(tiny_synth, init, method="lr", model_config=model, settings=TrainSettings.from_dict(FAST), init=init,
+              device="cpu", progress=False)  # fmt: skip
+    assert init.read_bytes() == before
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    from crd.errors import CrdError
+
+    with pytest.raises(CrdError, match=f"--out: cannot write in {blocker / 'models'}"):
+        train(tiny_synth, blocker / "models" / "hr.pt", method="hr", model_config={"kind": "fullres", "width": 0.25},
+              settings=TrainSettings.from_dict(FAST), device="cpu", progress=False)  # fmt: skip
+    assert blocker.read_text() == "not a folder"
+
+
+def test_the_command_line_reports_an_os_error_in_one_line(tmp_path, capsys):
+    """An OSError from any writer (here: a file where a folder must go; likewise permission denied,
+    disk full): one line with the file and the reason, exit status 2."""
+    from crd.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    argv = ["generate", "synth", str(blocker / "synth"), "--subjects", "6", "--val", "0", "--test", "2"]
+    assert main([*argv, "--shape", "32", "32", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crd generate: error: ") and err.count("\n") == 1, err
+    assert f"{blocker}: File exists" in err
+    assert blocker.read_text() == "not a folder"
