@@ -1,8 +1,13 @@
-"""The Snakemake workflow: config validation, plugin discovery, and one tiny end-to-end run."""
+"""The Snakemake workflow: lint, config validation, plugin discovery, and one tiny end-to-end run."""
 
+import dataclasses
+import os
+import re
 import shutil
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 
 import pandas as pd
@@ -46,12 +51,65 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
     return run_snakemake(workdir, workdir / "tiny.yaml", *args)
 
 
+def assert_jobs_log_to_results_logs(text: str, results: str = "results") -> None:
+    """In a `snakemake -n -p` listing, every job but `all` has one log under <results>/logs/, and
+    its shell command sends stdout and stderr there."""
+    jobs = re.findall(r"^rule (\S+):\n(.*?)(?=^\[|^rule |^Job stats|\Z)", text, flags=re.M | re.S)
+    assert jobs, text[-2000:]
+    for rule, block in jobs:
+        if rule == "all":
+            continue
+        logs = re.findall(r"^    log: (.*)$", block, flags=re.M)
+        assert len(logs) == 1 and logs[0].startswith(f"{results}/logs/"), (rule, block)
+        (command,) = re.findall(r"^Shell command: (.*)$", block, flags=re.M)
+        assert re.search(rf">>? {re.escape(logs[0])} 2>&1", command), (rule, command)
+
+
 def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
-    out = run_snakemake(tmp_path, REPO / "config.yaml", "-n")
+    out = run_snakemake(tmp_path, REPO / "config.yaml", "-n", "-p")
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     for rule, count in (("generate_synth", 1), ("train", 5), ("evaluate", 6), ("bench", 1), ("report", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
+    assert_jobs_log_to_results_logs(text)
+
+
+def lints(text: str) -> list[str]:
+    """The lints `snakemake --lint` printed: "<where>: <lint title>" each."""
+    found, where = [], None
+    for line in text.splitlines():
+        if line.startswith("Lints for "):
+            where = line.removeprefix("Lints for ").rstrip(":")
+        elif line.startswith("    * ") and where is not None:
+            found.append(f"{where}: {line[6:].rstrip(':')}")
+    return found
+
+
+def test_snakemake_lint_reports_nothing(tmp_path):
+    # `--lint` exits 1 and prints "Lints for <snakefile or rule>:" then "    * <lint>" lines on
+    # stderr when it has something to say; 0 and "Congratulations" otherwise (snakemake 9 ignores
+    # `--lint json`).
+    out = run_snakemake(tmp_path, REPO / "config.yaml", "--lint")
+    text = out.stdout + out.stderr
+    found = lints(text)
+    assert not found, "snakemake --lint:\n" + "\n".join(found)
+    assert out.returncode == 0 and "Congratulations" in text, text[-3000:]
+
+
+def test_lint_output_is_parsed():
+    text = (
+        "Lints for snakefile /r/workflow/rules/data.smk:\n"
+        "    * Mixed rules and functions in same snakefile.:\n"
+        "      Small one-liner functions used only once should be defined as lambda\n"
+        "Lints for rule train (line 17, /r/workflow/rules/train.smk):\n"
+        "    * Shell command directly uses variable CRD from outside of the rule:\n"
+        "      It is recommended to pass all files as input and output, and non-file\n"
+    )
+    assert lints(text) == [
+        "snakefile /r/workflow/rules/data.smk: Mixed rules and functions in same snakefile.",
+        "rule train (line 17, /r/workflow/rules/train.smk): "
+        "Shell command directly uses variable CRD from outside of the rule",
+    ]
 
 
 def test_invalid_config_is_reported_with_its_key(tmp_path):
@@ -59,6 +117,77 @@ def test_invalid_config_is_reported_with_its_key(tmp_path):
     out = snakemake(tmp_path, bad, "-n")
     assert out.returncode != 0
     assert "train.iterations: 'many' is not of type 'integer'" in out.stdout + out.stderr
+
+
+def test_wrong_type_in_method_train_is_refused_with_its_key(tmp_path):
+    bad = {**TINY, "method_train": {"fst": {"iterations": "many"}}}
+    out = snakemake(tmp_path, bad, "-n")
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    (line,) = [line for line in text.splitlines() if "method_train" in line]
+    assert "invalid configuration: method_train.fst.iterations: 'many' is not of type 'integer'" in line, text
+    assert "Traceback" not in text
+
+
+def _json_type(hint) -> dict:
+    """The JSON-schema `type` (and `items` type) a TrainSettings field annotation stands for."""
+    scalar = {int: "integer", float: "number", bool: "boolean", str: "string"}
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        inner = [a for a in args if a is not type(None)]
+        assert len(inner) == 1 and len(args) == 2, hint
+        return {"type": [scalar[inner[0]], "null"]}
+    if typing.get_origin(hint) is list:
+        return {"type": "array", "items": {"type": scalar[args[0]]}}
+    return {"type": scalar[hint]}
+
+
+def test_schema_train_settings_are_crd_train_settings():
+    from crd.train import TrainSettings
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    definition = schema["$defs"]["train_settings"]
+    train, method_train = schema["properties"]["train"], schema["properties"]["method_train"]
+    assert train["$ref"] == "#/$defs/train_settings"
+    assert method_train["additionalProperties"] == {"$ref": "#/$defs/train_settings"}
+    assert definition["additionalProperties"] is False
+
+    hints = typing.get_type_hints(TrainSettings)
+    fields = {f.name: f for f in dataclasses.fields(TrainSettings) if f.name != "seed"}  # seed: the DAG's
+    props = definition["properties"]
+    assert list(props) == list(fields)
+    for name, field in fields.items():
+        declared = {"type": props[name]["type"]}
+        if "items" in props[name]:
+            declared["items"] = {"type": props[name]["items"]["type"]}
+        assert declared == _json_type(hints[name]), name
+        default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+        assert train["properties"][name] == {"default": default}, name
+    assert list(train["properties"]) == list(fields)
+
+
+def test_jobs_run_crd_from_this_checkout(tmp_path):
+    # Jobs (also under --use-conda, where crd is not installed) find `python -m crd` in this
+    # checkout: it comes first on their PYTHONPATH, what the caller had after it.
+    plugins = tmp_path / "plugins"
+    shutil.copytree(REPO / "baselines", plugins)
+    (plugins / "external.py").write_text('"""external: scored by its own rule."""\nMODEL = None\n')
+    (plugins / "external.smk").write_text(
+        "rule external:\n"
+        '    output: table=eval_path("{dataset}", "external", "{seed}", "csv"),\n'
+        '            sidecar=eval_path("{dataset}", "external", "{seed}", "json"),\n'
+        '            example=eval_path("{dataset}", "external", "{seed}", "example.nii.gz")\n'
+        '    log: log_path("{dataset}", "{seed}", "external")\n'
+        '    shell: "printenv PYTHONPATH > {output.table:q}; touch {output:q} {log:q}"\n'
+    )
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "baselines": str(plugins), "methods": ["external"]}))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "1", "results/synth/seed0/eval/external.csv"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": "/elsewhere"})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    written = (tmp_path / "results" / "synth" / "seed0" / "eval" / "external.csv").read_text()
+    assert written.strip() == os.pathsep.join([str(REPO), "/elsewhere"])
 
 
 def test_a_new_method_is_one_file_and_one_config_entry(tmp_path):
@@ -116,11 +245,12 @@ def test_tiny_end_to_end_run_then_nothing_to_do(tmp_path):
     ],
 )
 def test_paper_configs_dry_run_list_the_whole_dag(tmp_path, configfile, expected):
-    out = run_snakemake(tmp_path, REPO / configfile, "-n", cores=8)
+    out = run_snakemake(tmp_path, REPO / configfile, "-n", "-p", cores=8)
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
     for rule, count in expected.items():
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
+    assert_jobs_log_to_results_logs(text, yaml.safe_load((REPO / configfile).read_text())["results"])
     assert "synth" not in text  # a --configfile replaces config.yaml; nothing merged in
 
 

@@ -6,25 +6,18 @@
 BENCHED = [m for m in REPORTED if METHODS[m].model is not None]
 
 
-def bench_path(ext="csv"):
-    return f"{RESULTS}/bench/bench.{ext}"
-
-
 rule bench:
     output:
         table=bench_path(),
         sidecar=bench_path("json"),
     log:
-        f"{RESULTS}/logs/bench.log",
+        f"{LOGS}/bench.log",
     params:
         methods=BENCHED,
         sizes=config["bench"]["sizes"],
         repeats=config["bench"]["repeats"],
         warmup=config["bench"]["warmup"],
-        flags=" ".join(
-            (["--train-step"] if config["bench"]["train_step"] else [])
-            + [f"--{o}" for o in config["bench"]["options"]]
-        ),
+        flags=bench_flags(),
         torch_threads=config["threads"]["bench"],
         device=config["device"],
         baselines=REPO / config["baselines"],
@@ -35,6 +28,6 @@ rule bench:
     conda:
         ENV
     shell:
-        "{CRD} bench --methods-dir {params.baselines:q} --methods {params.methods:q} --sizes {params.sizes:q}"
-        " --repeats {params.repeats} --warmup {params.warmup} {params.flags} --device {params.device:q}"
-        " --threads {params.torch_threads} --out {output.table:q} > {log:q} 2>&1"
+        "python -m crd bench --methods-dir {params.baselines:q} --methods {params.methods:q} --sizes {params.sizes:q}"
+        " --repeats {params.repeats:q} --warmup {params.warmup:q} {params.flags} --device {params.device:q}"
+        " --threads {params.torch_threads:q} --out {output.table:q} > {log:q} 2>&1"

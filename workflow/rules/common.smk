@@ -1,6 +1,7 @@
-# Shared helpers of the rules: config validation, method plugins, paths. Imports no torch.
+# Shared helpers of the rules: config validation, method plugins, paths, and every function the
+# rule files use (the rule files hold rules only). Imports no torch.
 import json
-import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -8,8 +9,10 @@ from snakemake.exceptions import WorkflowError
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))
-# Jobs run `python -m crd` from this checkout (also inside --use-conda environments).
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+# Jobs run `python -m crd` from this checkout, also inside --use-conda environments (where crd is
+# not installed): every job's shell puts the checkout first on PYTHONPATH, after Snakemake's
+# default bash strict mode (which a shell prefix replaces).
+shell.prefix("set -euo pipefail; export PYTHONPATH={REPO:q}${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 from crd.methods import MethodError, load_methods  # noqa: E402  (stdlib-only module)
 from crd.workflow_config import ConfigError, validate_config  # noqa: E402
@@ -20,10 +23,10 @@ try:
 except (ConfigError, MethodError) as _exc:
     raise WorkflowError(f"invalid configuration: {_exc}") from None
 
-CRD = "python -m crd"
 DATA = config["data_root"]
 DOWNLOADS = config["downloads"]
 RESULTS = config["results"]
+LOGS = f"{RESULTS}/logs"  # every job's log is under it (stdout and stderr)
 DATASETS = list(config["datasets"])
 ENV = "../envs/crd.yaml"
 REPORTED = list(config["methods"])
@@ -62,7 +65,7 @@ def history_path(dataset, method, seed):
 
 def log_path(dataset, seed, name):
     """One log per job: {results}/logs/<dataset>/seed<seed>/<name>.log."""
-    return f"{RESULTS}/logs/{dataset}/seed{seed}/{name}.log"
+    return f"{LOGS}/{dataset}/seed{seed}/{name}.log"
 
 
 def trained_on(dataset):
@@ -121,3 +124,72 @@ def mem_mb(stage):
 
 
 GPU = config["resources"]["gpu"]
+
+
+# Used by train.smk and evaluate.smk.
+
+
+def _option(flag, path):
+    """`flag path`, the path shell-quoted, or nothing when there is no path."""
+    return f"{flag} {shlex.quote(str(path))}" if path else ""
+
+
+# Used by data.smk.
+
+
+def generate_args(dataset):
+    """`crd generate` options from the dataset's `generate:` block, each value shell-quoted."""
+    g = config["datasets"][dataset].get("generate", {})
+    args = []
+    for key, value in g.items():
+        flag = f"--{key.replace('_', '-')}"
+        values = value if isinstance(value, list) else [value]
+        args.append(" ".join([flag, *(shlex.quote(str(v)) for v in values)]))
+    return " ".join(args)
+
+
+def source_dir(dataset):
+    """Where a dataset's downloads (or bring-your-own files) are."""
+    return config["datasets"][dataset].get("path") or f"{DOWNLOADS}/{dataset}"
+
+
+def _file_args(dataset, key, flag):
+    items = config["datasets"][dataset].get(key, {})
+    return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in sorted(items.items()))
+
+
+def download_args(dataset):
+    """`crd download` options from the dataset's `urls:` and `checksums:`, shell-quoted."""
+    return " ".join([_file_args(dataset, "urls", "--url"), _file_args(dataset, "checksums", "--checksum")])
+
+
+# Used by train.smk.
+
+
+def _needed(wc, what):
+    """The checkpoint of the method's `init` or `teacher` (same dataset and seed), or none."""
+    name = getattr(METHODS[wc.method], what)
+    return model_path(wc.dataset, name, wc.seed) if name else []
+
+
+# Used by bench.smk (and report.smk).
+
+
+def bench_path(ext="csv"):
+    return f"{RESULTS}/bench/bench.{ext}"
+
+
+def bench_flags():
+    """`crd bench` switches from the config's `bench:` block."""
+    switches = ["train-step"] if config["bench"]["train_step"] else []
+    return " ".join(f"--{s}" for s in [*switches, *config["bench"]["options"]])
+
+
+# Used by report.smk.
+
+
+def _histories():
+    """Training histories of the reported methods and what they need, per dataset that trains."""
+    trained = [m for m in TRAINED if m in REPORTED or any(m in METHODS[r].needs for r in REPORTED)]
+    sources = sorted({trained_on(d) for d in DATASETS})
+    return [history_path(d, m, s) for d in sources for m in trained for s in SEEDS]

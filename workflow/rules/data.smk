@@ -2,24 +2,11 @@
 SYNTH = [d for d, spec in config["datasets"].items() if spec["source"] == "synth"]
 
 
-def generate_args(dataset):
-    """`crd generate` options from the dataset's `generate:` block, each value shell-quoted."""
-    import shlex
-
-    g = config["datasets"][dataset].get("generate", {})
-    args = []
-    for key, value in g.items():
-        flag = "--" + key.replace("_", "-")
-        values = value if isinstance(value, list) else [value]
-        args.append(" ".join([flag] + [shlex.quote(str(v)) for v in values]))
-    return " ".join(args)
-
-
 rule generate_synth:
     output:
         directory(f"{DATA}/{{dataset}}"),
     log:
-        f"{RESULTS}/logs/{{dataset}}/generate.log",
+        f"{LOGS}/{{dataset}}/generate.log",
     wildcard_constraints:
         dataset=_alternatives(SYNTH),
     params:
@@ -30,7 +17,7 @@ rule generate_synth:
     conda:
         ENV
     shell:
-        "{CRD} generate synth {output:q} {params.args} --overwrite --no-progress > {log:q} 2>&1"
+        "python -m crd generate synth {output:q} {params.args} --overwrite --no-progress > {log:q} 2>&1"
 
 
 # Public datasets: download (checksum-verified, resumable; partial files kept between runs) ->
@@ -41,29 +28,18 @@ DOWNLOADED = [d for d, s in config["datasets"].items() if s["source"] not in ("s
 PLACED = [d for d, s in config["datasets"].items() if s["source"] in BRING_YOUR_OWN]
 
 
-def source_dir(dataset):
-    return config["datasets"][dataset].get("path") or f"{DOWNLOADS}/{dataset}"
-
-
-def _file_args(dataset, key, flag):
-    import shlex
-
-    items = config["datasets"][dataset].get(key, {})
-    return " ".join(f"{flag} {shlex.quote(f'{k}={v}')}" for k, v in sorted(items.items()))
-
-
 rule download:
     output:
         f"{DOWNLOADS}/{{dataset}}/download.done",
     log:
-        f"{RESULTS}/logs/{{dataset}}/download.log",
+        f"{LOGS}/{{dataset}}/download.log",
     wildcard_constraints:
         dataset=_alternatives(DOWNLOADED),
     params:
         folder=lambda wc: source_dir(wc.dataset),
         source=lambda wc: config["datasets"][wc.dataset]["source"],
         terms=lambda wc: "--accept-terms" if config["datasets"][wc.dataset]["accept_terms"] else "",
-        files=lambda wc: _file_args(wc.dataset, "urls", "--url") + " " + _file_args(wc.dataset, "checksums", "--checksum"),
+        files=lambda wc: download_args(wc.dataset),
     threads: 1
     resources:
         mem_mb=mem_mb("download"),
@@ -71,7 +47,7 @@ rule download:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} download {params.source:q} {params.folder:q} {params.terms} {params.files} --no-progress"
+            "python -m crd download {params.source:q} {params.folder:q} {params.terms} {params.files} --no-progress"
             " && touch {output:q}"
         )
 
@@ -82,7 +58,7 @@ rule prepare:
     output:
         directory(f"{DATA}/{{dataset}}"),
     log:
-        f"{RESULTS}/logs/{{dataset}}/prepare.log",
+        f"{LOGS}/{{dataset}}/prepare.log",
     wildcard_constraints:
         dataset=_alternatives(DOWNLOADED + PLACED),
     params:
@@ -96,6 +72,6 @@ rule prepare:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} prepare {params.source:q} {params.folder:q} {output:q} --options {params.options:q}"
-            " --threads {threads} --overwrite --no-progress"
+            "python -m crd prepare {params.source:q} {params.folder:q} {output:q} --options {params.options:q}"
+            " --threads {threads:q} --overwrite --no-progress"
         )

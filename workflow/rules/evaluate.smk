@@ -32,7 +32,7 @@ rule evaluate:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} evaluate --data {input.data:q} --method-file {params.method_file:q} {params.checkpoint}"
-            " --seed {wildcards.seed} --out {output.table:q} --device {params.device:q}"
-            " --threads {params.torch_threads} --no-progress"
+            "python -m crd evaluate --data {input.data:q} --method-file {params.method_file:q} {params.checkpoint}"
+            " --seed {wildcards.seed:q} --out {output.table:q} --device {params.device:q}"
+            " --threads {params.torch_threads:q} --no-progress"
         )

@@ -2,13 +2,6 @@
 # seed), the training histories and the bench table.
 
 
-def _histories():
-    """Training histories of the reported methods and what they need, per dataset that trains."""
-    trained = [m for m in TRAINED if m in REPORTED or any(m in METHODS[r].needs for r in REPORTED)]
-    sources = sorted({trained_on(d) for d in DATASETS})
-    return [history_path(d, m, s) for d in sources for m in trained for s in SEEDS]
-
-
 rule report:
     input:
         tables=[eval_path(d, m, s) for d in DATASETS for m in REPORTED for s in SEEDS],
@@ -19,7 +12,7 @@ rule report:
     output:
         report_path(),
     log:
-        f"{RESULTS}/logs/report.log",
+        f"{LOGS}/report.log",
     params:
         baseline=config["report_baseline"],
     threads: 1
@@ -29,6 +22,6 @@ rule report:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} report --tables {input.tables:q} --histories {input.histories:q} --out {output:q}"
+            "python -m crd report --tables {input.tables:q} --histories {input.histories:q} --out {output:q}"
             " --baseline {params.baseline:q} --bench {input.bench:q}"
         )

@@ -3,17 +3,6 @@
 # seed) comes from its file in baselines/. Each job writes the checkpoint and its training history.
 
 
-def _needed(wc, what):
-    name = getattr(METHODS[wc.method], what)
-    return model_path(wc.dataset, name, wc.seed) if name else []
-
-
-def _option(flag, path):
-    import shlex
-
-    return f"{flag} {shlex.quote(str(path))}" if path else ""
-
-
 rule train:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
@@ -42,7 +31,7 @@ rule train:
         ENV
     shell:
         show_log_on_error(
-            "{CRD} train --data {input.data:q} --method-file {params.method_file:q} --out {output.model:q}"
+            "python -m crd train --data {input.data:q} --method-file {params.method_file:q} --out {output.model:q}"
             " --settings {params.settings:q} {params.init} {params.teacher}"
-            " --device {params.device:q} --threads {threads} --no-progress"
+            " --device {params.device:q} --threads {threads:q} --no-progress"
         )
