@@ -347,3 +347,12 @@ def test_cli_refuses_a_bad_file_with_one_line(tmp_path, capsys):
     assert err.startswith("crd import-official: error:") and "not a PyTorch file" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_import_never_replaces_the_authors_file(tmp_path):
+    src = tmp_path / "lr.pth"
+    torch.save(random_official_state("lr", 0), src)
+    before = src.read_bytes()
+    with pytest.raises(ValueError, match="is the authors' checkpoint"):
+        import_official(src, src, "lr")
+    assert src.read_bytes() == before

@@ -266,3 +266,14 @@ def test_malformed_tables_raise_with_file_name(tmp_path):
         load_table(tmp_path / "nope.csv")
     with pytest.raises(ValueError, match="also in"):
         build_report([tables[0], tables[0]], out)
+
+
+@pytest.mark.parametrize("clash", ["a table", "its sidecar", "a history"])
+def test_the_report_never_replaces_its_inputs(tmp_path, clash):
+    tables = make_tables(tmp_path, {"ds": {"hr": PROFILE["hr"], "lr": PROFILE["lr"]}})
+    history = make_history(tmp_path, "ds", "hr")
+    out = {"a table": tables[1], "its sidecar": tables[0].with_suffix(".json"), "a history": history}[clash]
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match=f"--out {re.escape(str(out))} is the"):
+        build_report(tables, out, histories=[history])
+    assert out.read_bytes() == before

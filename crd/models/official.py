@@ -43,6 +43,7 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 
+from crd.atomic import check_outputs
 from crd.errors import CheckpointError
 from crd.models.checkpoint import save_checkpoint
 from crd.models.registration import build_model
@@ -286,6 +287,7 @@ def import_official(src: Path, dst: Path, kind: Literal["lr", "fst"]) -> Path:
     :class:`~crd.errors.CheckpointError` (and writes nothing) if ``src`` is not that checkpoint.
     """
     src, dst = Path(src), Path(dst)
+    check_outputs({"authors' checkpoint": src}, {"the imported checkpoint": dst})
     release = _release(kind)
     model = convert_official(read_official(src, kind), kind)
     sha = _sha256(src)

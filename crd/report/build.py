@@ -25,7 +25,7 @@ import jinja2
 import pandas as pd
 
 from crd import stats
-from crd.atomic import write_text_atomic
+from crd.atomic import check_outputs, write_text_atomic
 from crd.bench import COLUMNS
 from crd.report import plots
 from crd.report.format import DASH, fmt_mean_sd, fmt_num, fmt_p, fmt_params, fmt_ratio, fmt_signed
@@ -503,6 +503,11 @@ def build_report(
     """
     import crd
 
+    inputs = {f"table {i + 1}": t for i, t in enumerate(tables)}
+    inputs |= {f"history {i + 1}": h for i, h in enumerate(histories or [])}
+    inputs |= {"bench table": bench}
+    inputs |= {f"sidecar of table {i + 1}": sidecar_path(Path(t)) for i, t in enumerate(tables)}
+    check_outputs(inputs, {"--out": out})
     grouped = _load_tables(tables)
     by_dataset_history = _histories_by_dataset(list(histories or []))
     colours = plots.colours(list(dict.fromkeys(m for ms in grouped.values() for m in ms)))
