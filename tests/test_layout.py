@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import stat
@@ -229,3 +230,17 @@ def test_not_a_volume(root: Path):
     four_d = nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), np.eye(4))
     nib.save(four_d, root / "images" / "s0.nii.gz")
     _expect(root, root / "images" / "s0.nii.gz", "expected a 3-D volume")
+
+
+@pytest.mark.parametrize("kind", ["images", "labels"])
+def test_a_truncated_volume_is_a_one_line_error_naming_it(root: Path, kind: str):
+    """nibabel opens a cut .nii.gz lazily (the header is whole); reading its voxels fails, and that
+    failure names the file, in one line, as every other dataset error."""
+    path = root / kind / "s1.nii.gz"
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-100]))  # a whole header, the last 100 bytes of voxels missing
+    ds = open_dataset(root)  # headers only: still fine
+    load = ds.load_image if kind == "images" else ds.load_labels
+    with pytest.raises(DatasetError, match="its voxels cannot be read, the file is truncated or damaged") as err:
+        load("s1")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -185,3 +185,13 @@ def test_missing_file_and_bad_labels_option(files, tmp_path, capsys):
     not_nifti.write_text("not a volume")
     err = _error(capsys, ["--fixed-labels", str(not_nifti), "--warped-labels", str(files["warped"])])
     assert "cannot be read by nibabel" in err
+
+
+@pytest.mark.parametrize("which", ["fixed", "warped", "flow"])
+def test_a_truncated_file_is_one_line_naming_it(files, tmp_path, capsys, which):
+    path = files[which]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    err = _error(capsys, ["--fixed-labels", str(files["fixed"]), "--warped-labels", str(files["warped"]),
+                          "--flow", str(files["flow"])])  # fmt: skip
+    assert str(path) in err and "truncated or damaged" in err
