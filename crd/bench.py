@@ -1,6 +1,6 @@
 """Efficiency bench: latency and memory of every method's inference (and one training step).
 
-Inference = predict the field + warp the moving image (:func:`crd.models.functional.warp`), batch
+Inference = :func:`crd.models.inference.infer` (the field, then the warp of the moving image), batch
 1, random inputs (timing and memory do not depend on the weights; trained weights are used when
 ``checkpoints_dir/<method>.pt`` exists). Each (method, size, option) is one *case*:
 
@@ -93,33 +93,21 @@ def _train_step_profile(case: dict[str, Any], model, device, fixed, moving) -> d
     """Median time of ``repeats`` optimiser steps after one warm-up, and the memory peaks."""
     import torch
 
-    from crd.losses import DistillationLoss, UnsupervisedLoss
-    from crd.models.functional import warp
     from crd.profiling import measure
+    from crd.train import TrainingObjective, TrainSettings, optimiser_step
 
     model.train().requires_grad_(True)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    settings = TrainSettings()  # the default loss weights, NCC window and clipping of crd train
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     teacher = None
     if case["training"] == "distill":
         teacher, _ = _build(case["teacher_model"], case.get("teacher_checkpoint"), device)
         teacher.requires_grad_(False)
-        loss_fn: Any = DistillationLoss()
-    else:
-        loss_fn = UnsupervisedLoss(ncc_window=9)
+    objective = TrainingObjective(settings, teacher)
     cuda = device.type == "cuda"
 
     def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        if teacher is not None:
-            with torch.no_grad():
-                t_flow, t_maps = teacher.forward_with_maps(fixed, moving)
-            s_flow, s_maps = model.forward_with_maps(fixed, moving)
-            loss = loss_fn(s_flow, t_flow, s_maps, t_maps).total
-        else:
-            flow = model(fixed, moving)
-            loss = loss_fn(fixed, warp(moving, flow), flow).total
-        loss.backward()
-        opt.step()
+        optimiser_step(objective, model, opt, fixed, moving, settings.grad_clip)
         if cuda:
             torch.cuda.synchronize(device)
 
@@ -154,7 +142,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     import psutil
     import torch
 
-    from crd.models.functional import warp
+    from crd.models.inference import infer
     from crd.profiling import count_parameters, profile_inference
     from crd.runtime import configure_threads, select_device
 
@@ -181,23 +169,21 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if option == "bf16" else (lambda: nullcontext())
     )
 
-    def infer() -> torch.Tensor:
-        with autocast():
-            flow = net(fixed, moving)
-        return warp(moving, flow.float())
+    def run() -> torch.Tensor:
+        return infer(net, fixed, moving, autocast=autocast()).warped
 
-    fn = infer
+    fn = run
     if option == "cuda-graphs":
         with torch.inference_mode():
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    infer()
+                    run()
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                static_out = infer()  # noqa: F841  (kept alive with the graph's pool)
+                static_out = run()  # noqa: F841  (kept alive with the graph's pool)
 
         def fn() -> None:
             graph.replay()
@@ -269,6 +255,7 @@ def run_bench(
     import pandas as pd
 
     from crd.methods import load_methods
+    from crd.models.registration import build_model
     from crd.profiling import device_description
     from crd.runtime import configure_threads, select_device
 
@@ -301,11 +288,14 @@ def run_bench(
     weights: dict[str, str] = {}
     t_start = time.perf_counter()
     for size in sizes:
+        multiples: dict[str, int] = {}  # each model's size_multiple (padding would change what is timed)
         for option in ["fp32", *options]:
             for name in methods:
                 spec = specs[name]
-                multiple = 32 if spec.model.get("kind") in ("fst", "lowres") else 16
-                if spec.model.get("kind") != "identity" and any(s % multiple for s in size):
+                if name not in multiples:
+                    multiples[name] = int(build_model(spec.model).size_multiple)
+                multiple = multiples[name]
+                if any(s % multiple for s in size):
                     raise ValueError(
                         f"size {_size_name(size)}: method {name!r} needs sides that are multiples of {multiple}"
                     )

@@ -34,6 +34,7 @@ from crd.errors import CheckpointError
 from crd.metrics import score_pair
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
+from crd.models.inference import infer
 from crd.models.registration import build_model
 from crd.profiling import device_description, measure
 from crd.runtime import configure_threads, select_device, setup_logging
@@ -212,6 +213,7 @@ def _load_pair(dataset, fixed_id: str, moving_id: str, device: torch.device) -> 
 
 @torch.inference_mode()
 def _register(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor):
-    """Inference as timed: predict the field, warp the moving image. Returns ``(flow, warped)``."""
-    flow = model(fixed, moving)
-    return flow, warp(moving, flow)
+    """Inference as timed (:func:`crd.models.inference.infer`): the field and the warped moving
+    image. Returns ``(flow, warped)``."""
+    result = infer(model, fixed, moving)
+    return result.flow, result.warped

@@ -33,12 +33,12 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from crd.atomic import check_outputs
 from crd.errors import CheckpointError, CrdError
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
+from crd.models.inference import pad_to_multiple, predict_flow
 from crd.profiling import measure
 from crd.runtime import configure_threads, select_device
 from crd.volumes import GRID_ATOL_MM, save_images_atomic, voxels
@@ -213,37 +213,6 @@ def intensity_range_warning(image: np.ndarray, name: str, path: Path, mode: str)
 # --------------------------------------------------------------------------------------------
 # the field
 # --------------------------------------------------------------------------------------------
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
-    """Zero-pad the spatial sides of ``x`` ``(B, C, D, H, W)`` up to multiples of ``multiple``.
-
-    Padding is split evenly between the two ends of each axis (one more voxel at the end when
-    odd). Returns the padded tensor and the spatial slices that crop it back to ``x``'s grid.
-    """
-    pads: list[tuple[int, int]] = []
-    crop: list[slice] = []
-    for size in x.shape[2:]:
-        total = -size % multiple
-        before = total // 2
-        pads.append((before, total - before))
-        crop.append(slice(before, before + size))
-    flat = [p for pair in reversed(pads) for p in pair]  # F.pad wants the last axis first
-    return (F.pad(x, flat) if any(flat) else x), tuple(crop)  # type: ignore[return-value]
-
-
-def predict_flow(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """The model's field for normalised ``(1, 1, D, H, W)`` images of any size.
-
-    Both images are zero-padded to ``model.size_multiple`` (1 when the model has none), the field
-    is computed on the padded grid and cropped back: ``(1, 3, D, H, W)`` in voxels, channels
-    (D, H, W). Also returns the padded spatial shape.
-    """
-    multiple = int(getattr(model, "size_multiple", 1))
-    fixed_p, crop = pad_to_multiple(fixed, multiple)
-    moving_p, _ = pad_to_multiple(moving, multiple)
-    flow = model(fixed_p, moving_p)
-    return flow[(slice(None), slice(None), *crop)], tuple(fixed_p.shape[2:])
 
 
 def _warm_up(model: nn.Module, device: torch.device) -> None:

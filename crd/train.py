@@ -191,7 +191,7 @@ class _PairSampler:
         return self.images[subject].to(self.device, non_blocking=True)
 
 
-class _Objective:
+class TrainingObjective:
     """What one training step minimises, for a ``(fixed, moving)`` batch."""
 
     def __init__(self, settings: TrainSettings, teacher: nn.Module | None) -> None:
@@ -207,6 +207,31 @@ class _Objective:
             t_flow, t_maps = self.teacher.forward_with_maps(fixed, moving)
         s_flow, s_maps = model.forward_with_maps(fixed, moving)
         return self.distillation(s_flow, t_flow, s_maps, t_maps)
+
+
+def optimiser_step(
+    objective: TrainingObjective,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    grad_clip: float,
+    *,
+    gradient_norms: bool = False,
+) -> tuple[LossTerms, dict[str, float]]:
+    """One training step, as ``crd train`` takes it and ``crd bench`` times it: the loss of
+    ``objective`` on a ``(B, 1, D, H, W)`` batch, backward, gradient clipping to ``grad_clip``
+    (0 = off), an optimiser step. With ``gradient_norms``, also each weighted term's gradient norm
+    before clipping (:func:`_gradient_norms`). Returns ``(terms, norms)``."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    terms = objective(model, fixed, moving)
+    norms = _gradient_norms(terms, params) if gradient_norms else {}
+    optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    return terms, norms
 
 
 def _gradient_norms(terms: LossTerms, params: list[nn.Parameter]) -> dict[str, float]:
@@ -336,7 +361,7 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, settings.lr_decay)
-    step_loss = _Objective(settings, teacher_model)
+    step_loss = TrainingObjective(settings, teacher_model)
     val_loss = step_loss.unsupervised
     augment = RandomFFD(max_displacement=settings.augment_max_displacement, probability=settings.augment_probability)
     train_pairs = _PairSampler(dataset, "train", dev)
@@ -369,14 +394,9 @@ def train(
         record_now = done % settings.checkpoint_every == 0 or done == settings.iterations
         fixed, moving = train_pairs.batch(settings.batch_size, generator)
         moving = augment(moving, generator)
-        terms = step_loss(model, fixed, moving)
-        grad_norms = _gradient_norms(terms, params) if record_now else {}
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        if settings.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, settings.grad_clip)
         lr_used = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        terms, grad_norms = optimiser_step(step_loss, model, optimizer, fixed, moving, settings.grad_clip,
+                                           gradient_norms=record_now)  # fmt: skip
         scheduler.step()
         loss = terms.total.item()
         if not np.isfinite(loss):
