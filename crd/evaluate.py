@@ -168,7 +168,7 @@ def evaluate(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "trained_on": trained_on,
         "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
-        "model": getattr(model, "config", model_config),
+        "model": model.config,
         "params": n_params,
         **device_description(dev),
         "example": example,

@@ -218,7 +218,7 @@ def intensity_range_warning(image: np.ndarray, name: str, path: Path, mode: str)
 def _warm_up(model: nn.Module, device: torch.device) -> None:
     """One pass on a tiny input (lazy imports, kernel selection), so that the measured time and
     memory are those of the registration itself."""
-    side = max(int(getattr(model, "size_multiple", 1)), 2)
+    side = max(int(model.size_multiple), 2)
     x = torch.zeros(1, 1, side, side, side, device=device)
     flow = model(x, x)
     warp(x, flow)

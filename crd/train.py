@@ -33,6 +33,7 @@ from crd.deform import RandomFFD
 from crd.errors import CrdError
 from crd.losses import DistillationLoss, LossTerms, UnsupervisedLoss
 from crd.models.checkpoint import atomic_torch_save, load_model, read_checkpoint, save_checkpoint
+from crd.models.contract import DistillableModel
 from crd.models.functional import warp
 from crd.models.registration import build_model
 from crd.runtime import configure_threads, seed_everything, select_device, setup_logging
@@ -354,7 +355,7 @@ def train(
     teacher_model = None
     if objective == "distill":
         teacher_model, _ = load_model(Path(teacher), dev)
-        if not hasattr(teacher_model, "forward_with_maps") or not hasattr(model, "forward_with_maps"):
+        if not isinstance(teacher_model, DistillableModel) or not isinstance(model, DistillableModel):
             raise CrdError(f"distillation needs attention maps from both {teacher} and {method}")
         teacher_model.requires_grad_(False)
 

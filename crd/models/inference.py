@@ -54,11 +54,11 @@ def predict_flow(
     """The model's field for normalised ``(1, 1, D, H, W)`` images of any size (the forward pass
     inside ``autocast`` when given, e.g. ``torch.autocast("cuda", torch.bfloat16)``).
 
-    Both images are zero-padded to ``model.size_multiple`` (1 when the model has none), the field
+    Both images are zero-padded to ``model.size_multiple`` (:mod:`crd.models.contract`), the field
     is computed on the padded grid and cropped back: ``(1, 3, D, H, W)`` in voxels, channels
     (D, H, W). Also returns the padded spatial shape.
     """
-    multiple = int(getattr(model, "size_multiple", 1))
+    multiple = int(model.size_multiple)
     fixed_p, crop = pad_to_multiple(fixed, multiple)
     moving_p, _ = pad_to_multiple(moving, multiple)
     with autocast if autocast is not None else nullcontext():

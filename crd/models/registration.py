@@ -1,8 +1,9 @@
 """Registration models built from the one :class:`~crd.models.backbone.Backbone`.
 
-Every model maps ``(fixed, moving)``, each ``(B, 1, D, H, W)``, to a displacement field
-``(B, 3, D, H, W)`` on the fixed grid, in voxels of that grid (docs/conventions.md). Models that
-take part in distillation also implement ``forward_with_maps`` returning the field and four
+Every model follows :mod:`crd.models.contract`: it maps ``(fixed, moving)``, each
+``(B, 1, D, H, W)``, to a displacement field ``(B, 3, D, H, W)`` on the fixed grid, in voxels of
+that grid (docs/conventions.md). Models that take part in distillation also implement
+``forward_with_maps`` returning the field and four
 attention maps (per-voxel sum over channels of the squared features) on the grids 1/2, 1/4, 1/8
 and 1/16 of the input, fine to coarse, so that any teacher's maps pair with the x2 student's.
 
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from crd.models.backbone import Backbone, conv3, leaky, scaled
+from crd.models.contract import check_model
 from crd.models.functional import check_volume, downsample, upsample_flow
 
 __all__ = [
@@ -223,6 +225,8 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     try:
-        return MODEL_KINDS[kind](**kwargs)
+        model = MODEL_KINDS[kind](**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad arguments for model kind {kind!r}: {kwargs} ({exc})") from None
+    check_model(model, f"model kind {kind!r}")
+    return model
