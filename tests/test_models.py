@@ -131,7 +131,7 @@ def test_bad_checkpoints_are_refused_with_the_file_name(tmp_path):
     ],
 )
 def test_the_authors_weights_fit_our_modules_key_for_key(name, model):
-    state = torch.load(SHARED / "crd-official" / name, map_location="cpu", weights_only=False)
+    state = torch.load(SHARED / "crd-official" / name, map_location="cpu", weights_only=True)
     prefix = "module.defnet_0."
     ours = model()
     mapped = {}

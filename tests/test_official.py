@@ -199,7 +199,7 @@ def test_the_reference_tells_the_conventions_apart(random_imports):
 @pytest.mark.parametrize("kind", ["lr", "fst"])
 def test_imported_official_weights_reproduce_the_reference(tmp_path, kind, shape):
     src = OFFICIAL / FILES[kind]
-    state = torch.load(src, map_location="cpu", weights_only=False)
+    state = torch.load(src, map_location="cpu", weights_only=True)
     model, _ = load_model(import_official(src, tmp_path / f"{kind}.pt", kind))
     assert_equivalent(model, state, kind, shape)
 
