@@ -288,3 +288,20 @@ def test_every_spec_documents_itself(name):
         assert source.known_hash is None or source.known_hash.split(":")[0] in ("sha256", "md5")
     if spec.own_files:
         assert spec.instructions and "http" in spec.instructions
+
+
+def test_the_catalog_the_workflow_reads_agrees_with_the_specs_and_the_schema():
+    """crd.data.catalog (stdlib only, read by the workflow) lists exactly the specs' datasets, the
+    bring-your-own and test-only ones as the specs say, and the schema's `source` values."""
+    import yaml
+
+    from crd.data import catalog
+    from crd.data.specs import SPECS
+    from repo_paths import REPO
+
+    assert set(catalog.DOWNLOADED) | set(catalog.BRING_YOUR_OWN) == set(SPECS)
+    assert {n for n, s in SPECS.items() if s.bring_your_own} == set(catalog.BRING_YOUR_OWN)
+    assert {n for n, s in SPECS.items() if s.protocol.startswith("test only")} == set(catalog.TEST_ONLY)
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    enum = schema["properties"]["datasets"]["additionalProperties"]["properties"]["source"]["enum"]
+    assert enum == list(catalog.SOURCES)

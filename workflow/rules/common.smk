@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 # default bash strict mode (which a shell prefix replaces).
 shell.prefix("set -euo pipefail; export PYTHONPATH={REPO:q}${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
+from crd.data import catalog  # noqa: E402  (stdlib-only module)
 from crd.methods import MethodError, load_methods  # noqa: E402  (stdlib-only module)
 from crd.workflow_config import ConfigError, validate_config  # noqa: E402
 
@@ -83,12 +84,12 @@ def _check_datasets():
             )
         if other is not None and config["datasets"][other].get("train_on"):
             raise WorkflowError(f"invalid configuration: datasets.{name}.train_on: {other!r} itself has train_on")
-        if spec["source"] in ("sliver", "lspig") and other is None:
+        if spec["source"] in catalog.TEST_ONLY and other is None:
             raise WorkflowError(
                 f"invalid configuration: datasets.{name}: {spec['source']} is a test-only set; "
                 f"set train_on to the dataset whose models it evaluates (e.g. lits)"
             )
-        if spec["source"] != "synth" and "generate" in spec:
+        if spec["source"] not in catalog.GENERATED and "generate" in spec:
             raise WorkflowError(f"invalid configuration: datasets.{name}.generate applies to source synth only")
 
 

@@ -1,5 +1,5 @@
 # Datasets into the canonical layout (docs/conventions.md): <data_root>/<dataset>/{images,labels,...}.
-SYNTH = [d for d, spec in config["datasets"].items() if spec["source"] == "synth"]
+SYNTH = [d for d, spec in config["datasets"].items() if spec["source"] in catalog.GENERATED]
 
 
 rule generate_synth:
@@ -21,11 +21,10 @@ rule generate_synth:
 
 
 # Public datasets: download (checksum-verified, resumable; partial files kept between runs) ->
-# prepare (one job per dataset, subjects in parallel). Bring-your-own sets (sliver, lspig) have no
+# prepare (one job per dataset, subjects in parallel). Bring-your-own sets (crd.data.catalog) have no
 # download: their prepare job reads the files in `path` and, when missing, says where to get them.
-BRING_YOUR_OWN = ("sliver", "lspig")
-DOWNLOADED = [d for d, s in config["datasets"].items() if s["source"] not in ("synth", *BRING_YOUR_OWN)]
-PLACED = [d for d, s in config["datasets"].items() if s["source"] in BRING_YOUR_OWN]
+DOWNLOADED = [d for d, s in config["datasets"].items() if s["source"] in catalog.DOWNLOADED]
+PLACED = [d for d, s in config["datasets"].items() if s["source"] in catalog.BRING_YOUR_OWN]
 
 
 rule download:
