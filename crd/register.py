@@ -300,28 +300,12 @@ def register(
     Everything is checked before anything is written. Time and peak memory cover the field and
     the warps, after a warm-up on a tiny input; not reading, normalising or writing files.
     """
-    out_warped = _check_output(out_warped, "--out-warped")
-    out_flow = _check_output(out_flow, "--out-flow") if out_flow is not None else None
-    if (moving_labels is None) != (out_warped_labels is None):
-        raise InputImageError("give --moving-labels and --out-warped-labels together")
-    if out_warped_labels is not None:
-        out_warped_labels = _check_output(out_warped_labels, "--out-warped-labels")
-    if normalisation not in (None, *NORMALISATIONS):
-        raise InputImageError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
-    check_outputs(
-        {"fixed image": fixed, "moving image": moving, "moving labels": moving_labels, "checkpoint": checkpoint},
-        {"--out-warped": out_warped, "--out-flow": out_flow, "--out-warped-labels": out_warped_labels},
+    out_warped, out_flow, out_warped_labels = _checked_outputs(
+        checkpoint, fixed, moving, moving_labels, out_warped, out_flow, out_warped_labels, normalisation
     )
     dev = select_device(device)
     configure_threads(threads)
-
-    fixed_img = read_volume(fixed, "fixed")
-    moving_img = read_volume(moving, "moving")
-    check_same_grid(fixed_img, moving_img, ("fixed", "moving"))
-    labels_img = None
-    if moving_labels is not None:
-        labels_img = read_volume(moving_labels, "moving labels")
-        check_same_grid(moving_img, labels_img, ("moving", "moving labels"))
+    fixed_img, moving_img, labels_img = _read_inputs(Path(fixed), Path(moving), moving_labels)
     model, payload = load_model(Path(checkpoint), dev)
     spec = dict(payload.get("input", {}))
     if normalisation is not None:
@@ -342,33 +326,24 @@ def register(
     ]
     for w in warnings:
         log.warning(w)
+    labels = _label_array(labels_img, Path(moving_labels)) if labels_img is not None else None
 
     def to_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))[None, None].to(dev)
 
-    fixed_t = to_tensor(normalise_intensity(fixed_raw, spec))
-    moving_t = to_tensor(normalise_intensity(moving_raw, spec))
-    moving_raw_t = to_tensor(moving_raw)
-    labels = _label_array(labels_img, Path(moving_labels)) if labels_img is not None else None
-    labels_t = to_tensor(labels.astype(np.float32)) if labels is not None else None
-
-    with torch.no_grad():
-        _warm_up(model, dev)
-        with measure(dev) as m:
-            start = time.perf_counter()
-            flow, padded = predict_flow(model, fixed_t, moving_t)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            field_seconds = time.perf_counter() - start
-            warped = warp(moving_raw_t, flow)
-            warped_labels = warp(labels_t, flow, mode="nearest") if labels_t is not None else None
-
-    flow_np = flow[0].permute(1, 2, 3, 0).float().cpu().numpy()
-    images = {out_warped: volume_image(warped[0, 0].float().cpu().numpy(), fixed_img)}
+    run = _timed_registration(
+        model,
+        to_tensor(normalise_intensity(fixed_raw, spec)),
+        to_tensor(normalise_intensity(moving_raw, spec)),
+        to_tensor(moving_raw),
+        to_tensor(labels.astype(np.float32)) if labels is not None else None,
+    )
+    flow_np = run.flow[0].permute(1, 2, 3, 0).float().cpu().numpy()
+    images = {out_warped: volume_image(run.warped[0, 0].float().cpu().numpy(), fixed_img)}
     if out_flow is not None:
         images[out_flow] = volume_image(flow_np, fixed_img, "crd displacement, voxels, channels D,H,W (i,j,k)")
-    if warped_labels is not None and labels is not None:
-        values = warped_labels[0, 0].round().cpu().numpy().astype(labels.dtype)
+    if run.warped_labels is not None and labels is not None:
+        values = run.warped_labels[0, 0].round().cpu().numpy().astype(labels.dtype)
         images[out_warped_labels] = volume_image(values, fixed_img)
     outputs = save_images_atomic(images)  # all or none
     return RegistrationResult(
@@ -378,14 +353,85 @@ def register(
         method=str(payload.get("method")),
         normalisation=str(mode),
         shape=tuple(int(s) for s in fixed_img.shape),  # type: ignore[arg-type]
-        padded_shape=tuple(int(s) for s in padded),  # type: ignore[arg-type]
+        padded_shape=run.padded_shape,
         device=str(dev),
-        seconds=m.seconds,
-        field_seconds=field_seconds,
-        peak_rss_mb=m.peak_rss_mb,
-        cuda_alloc_peak_mb=m.cuda_alloc_peak_mb,
-        nvml_peak_mb=m.nvml_peak_mb,
+        seconds=run.measured.seconds,
+        field_seconds=run.field_seconds,
+        peak_rss_mb=run.measured.peak_rss_mb,
+        cuda_alloc_peak_mb=run.measured.cuda_alloc_peak_mb,
+        nvml_peak_mb=run.measured.nvml_peak_mb,
         mean_displacement=float(np.linalg.norm(flow_np, axis=-1).mean()),
         outputs=outputs,
         warnings=warnings,
     )
+
+
+def _checked_outputs(
+    checkpoint: Path,
+    fixed: Path,
+    moving: Path,
+    moving_labels: Path | None,
+    out_warped: Path,
+    out_flow: Path | None,
+    out_warped_labels: Path | None,
+    normalisation: str | None,
+) -> tuple[Path, Path | None, Path | None]:
+    """Check the options and outputs before anything is read or written; returns the outputs."""
+    out_warped = _check_output(out_warped, "--out-warped")
+    out_flow = _check_output(out_flow, "--out-flow") if out_flow is not None else None
+    if (moving_labels is None) != (out_warped_labels is None):
+        raise InputImageError("give --moving-labels and --out-warped-labels together")
+    if out_warped_labels is not None:
+        out_warped_labels = _check_output(out_warped_labels, "--out-warped-labels")
+    if normalisation not in (None, *NORMALISATIONS):
+        raise InputImageError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+    check_outputs(
+        {"fixed image": fixed, "moving image": moving, "moving labels": moving_labels, "checkpoint": checkpoint},
+        {"--out-warped": out_warped, "--out-flow": out_flow, "--out-warped-labels": out_warped_labels},
+    )
+    return out_warped, out_flow, out_warped_labels
+
+
+def _read_inputs(fixed: Path, moving: Path, moving_labels: Path | None) -> tuple[Any, Any, Any]:
+    """Open the fixed and moving images (and labels) and check that they share one grid."""
+    fixed_img = read_volume(fixed, "fixed")
+    moving_img = read_volume(moving, "moving")
+    check_same_grid(fixed_img, moving_img, ("fixed", "moving"))
+    labels_img = None
+    if moving_labels is not None:
+        labels_img = read_volume(moving_labels, "moving labels")
+        check_same_grid(moving_img, labels_img, ("moving", "moving labels"))
+    return fixed_img, moving_img, labels_img
+
+
+@dataclass
+class _Run:
+    flow: torch.Tensor  # (1, 3, D, H, W), voxels
+    warped: torch.Tensor  # (1, 1, D, H, W)
+    warped_labels: torch.Tensor | None
+    padded_shape: tuple[int, int, int]
+    field_seconds: float
+    measured: Any  # crd.profiling.measure's record: seconds and peak memory of field + warps
+
+
+def _timed_registration(
+    model: nn.Module,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    moving_raw: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> _Run:
+    """The field on the normalised pair and the warps of the raw moving image and its labels,
+    timed (field alone, and all) after a warm-up on a tiny input. Tensors ``(1, 1, D, H, W)``."""
+    dev = fixed.device
+    with torch.no_grad():
+        _warm_up(model, dev)
+        with measure(dev) as m:
+            start = time.perf_counter()
+            flow, padded = predict_flow(model, fixed, moving)
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            field_seconds = time.perf_counter() - start
+            warped = warp(moving_raw, flow)
+            warped_labels = warp(labels, flow, mode="nearest") if labels is not None else None
+    return _Run(flow, warped, warped_labels, tuple(int(s) for s in padded), field_seconds, m)  # type: ignore[arg-type]
