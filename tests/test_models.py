@@ -1,5 +1,7 @@
 """The one backbone and the models built from it: sizes, shapes, maps, checkpoints."""
 
+import re
+
 import pytest
 import torch
 
@@ -118,6 +120,28 @@ def test_bad_checkpoints_are_refused_with_the_file_name(tmp_path):
     truncated.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="truncated.pt: not a readable"):
         read_checkpoint(truncated)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"state_dict": "weights"}, "its 'state_dict' entry is a str, not a dict"),
+        ({"model": ["fullres"]}, "its 'model' entry is a list, not a dict"),
+        ({"format_version": "1"}, "format_version '1' is not a whole number"),
+        ({"input": "minmax"}, "its 'input' entry is a str, not a dict"),
+        ({"method": 3}, "its 'method' entry is a int, not a str"),
+        ({"model": {"kind": "fullres", "width": "big"}}, "weights do not fit model"),
+        ({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, "weights do not fit model"),
+    ],
+)
+def test_a_damaged_checkpoint_header_is_one_line(tmp_path, change, message):
+    good = save_checkpoint(tmp_path / "good.pt", FullResolutionNet(width=0.25), method="hr")
+    payload = torch.load(good, map_location="cpu", weights_only=True)
+    bad = tmp_path / "bad.pt"
+    torch.save({**payload, **change}, bad)
+    with pytest.raises(CheckpointError, match="bad.pt: .*" + re.escape(message)) as err:
+        load_model(bad)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.skipif(

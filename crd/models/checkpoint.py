@@ -76,7 +76,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path}: not a crd-bench checkpoint (expected a dict with format={FORMAT!r}); "
             "to use the CRD authors' weights, convert them first"
         )
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: damaged checkpoint header (format_version {version!r} is not a whole number)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {payload['format_version']} is newer than this crd-bench "
             f"reads ({FORMAT_VERSION}); upgrade crd-bench"
@@ -84,6 +87,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     for key in ("model", "state_dict", "method"):
         if key not in payload:
             raise CheckpointError(f"{path}: checkpoint lacks the {key!r} entry")
+    for key, kind in (("model", dict), ("state_dict", dict), ("method", str), ("input", dict), ("training", dict)):
+        if key in payload and not isinstance(payload[key], kind):
+            raise CheckpointError(
+                f"{path}: damaged checkpoint header (its {key!r} entry is a {type(payload[key]).__name__}, "
+                f"not a {kind.__name__})"
+            )
     return payload
 
 
@@ -93,6 +102,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
     try:
         model = build_model(payload["model"])
         model.load_state_dict(payload["state_dict"])
-    except (ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {payload['model']}: {exc}") from None
+    except (ValueError, RuntimeError, TypeError) as exc:
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 300 else reason[:297] + "..."
+        raise CheckpointError(f"{path}: weights do not fit model {payload['model']}: {reason}") from None
     return model.to(device).eval(), payload
