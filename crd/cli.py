@@ -239,7 +239,7 @@ def _cmd_register(args: argparse.Namespace) -> None:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from crd.metrics import format_scores, score_files
+    from crd.metrics_files import format_scores, score_files
 
     labels = None
     if args.labels is not None:
@@ -319,13 +319,7 @@ def _synth_defaults() -> dict[str, Any]:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from crd import __version__
-
-    parser = argparse.ArgumentParser(prog="crd", description="crd-bench: cross-resolution distillation benchmark")
-    parser.add_argument("--version", action="version", version=f"crd-bench {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("generate", help="generate the embedded offline dataset")
     g.add_argument("dataset", help="dataset to generate (only 'synth')")
     g.add_argument("out", type=Path, help="output folder (canonical layout)")
@@ -380,9 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_generate)
 
+
+def _add_datasets_parser(sub: argparse._SubParsersAction) -> None:
     ds = sub.add_parser("datasets", help="list the public datasets (sources, licences, pairs)")
     ds.set_defaults(func=_cmd_datasets)
 
+
+def _add_download_parser(sub: argparse._SubParsersAction) -> None:
     dl = sub.add_parser("download", help="download a public dataset's files (checksum-verified, resumable)")
     dl.add_argument("dataset", help="dataset name (see `crd datasets`)")
     dl.add_argument("folder", type=Path, help="folder for the downloaded files")
@@ -393,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--no-progress", action="store_true", help="no progress bar")
     dl.set_defaults(func=_cmd_download)
 
+
+def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("prepare", help="preprocess downloaded files into the canonical layout")
     pr.add_argument("dataset", help="dataset name (see `crd datasets`)")
     pr.add_argument("sources", type=Path, help="folder holding the downloaded (or placed) files")
@@ -403,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_prepare)
 
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="train a method's model")
     t.add_argument("--data", required=True, help="dataset folder (canonical layout)")
     t.add_argument("--out", required=True, help="checkpoint to write")
@@ -417,6 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(t)
     t.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("evaluate", help="score a method on a dataset's test pairs")
     e.add_argument("--data", required=True, help="dataset folder (canonical layout)")
     e.add_argument("--out", required=True, help="tidy CSV to write (+ .json sidecar, .example.nii.gz)")
@@ -431,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(e)
     e.set_defaults(func=_cmd_evaluate)
 
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="build results/report.html from evaluation tables")
     r.add_argument("--tables", nargs="+", required=True, help="evaluation CSVs (with .json sidecars), any seeds")
     r.add_argument("--histories", nargs="*", help="training histories (crd train's <model>.history.csv)")
@@ -440,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bench", help="crd bench table (CSV) for the efficiency section")
     r.set_defaults(func=_cmd_report)
 
+
+def _add_import_official_parser(sub: argparse._SubParsersAction) -> None:
     o = sub.add_parser("import-official", help="convert the CRD authors' released weights into a checkpoint")
     o.add_argument("src", help="the authors' state dict (.pth from BlaiseBrain/CRD_registration ckpt/)")
     o.add_argument("dst", help="crd-bench checkpoint to write")
@@ -448,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     o.set_defaults(func=_cmd_import_official)
 
+
+def _add_register_parser(sub: argparse._SubParsersAction) -> None:
     rg = sub.add_parser("register", help="register a moving image to a fixed image with a checkpoint")
     rg.add_argument("--checkpoint", required=True, help="crd-bench checkpoint (crd train or crd import-official)")
     rg.add_argument("--fixed", required=True, help="fixed image (NIfTI or any format nibabel reads)")
@@ -466,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rg.set_defaults(func=_cmd_register)
 
+
+def _add_metrics_parser(sub: argparse._SubParsersAction) -> None:
     mt = sub.add_parser("metrics", help="score a registration result from files (Dice, HD95, ASSD, Jacobian)")
     mt.add_argument("--fixed-labels", required=True, help="label map of the fixed image (NIfTI)")
     mt.add_argument("--warped-labels", required=True, help="moving label map warped onto the fixed grid (NIfTI)")
@@ -483,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     mt.set_defaults(func=_cmd_metrics)
 
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="latency and memory of every method's inference (and a training step)")
     b.add_argument("--methods-dir", default="baselines", help="plugin folder (default baselines)")
     b.add_argument("--methods", nargs="+", default=["hr", "lr", "hr-half", "fst", "crd", "identity"])
@@ -506,9 +520,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="tidy CSV to write (+ .json sidecar)")
     b.set_defaults(func=_cmd_bench)
 
+
+def _add_methods_parser(sub: argparse._SubParsersAction) -> None:
     m = sub.add_parser("methods", help="list the method plugins")
     m.add_argument("--folder", default="baselines", help="plugin folder (default baselines)")
     m.set_defaults(func=_cmd_methods)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crd import __version__
+
+    parser = argparse.ArgumentParser(prog="crd", description="crd-bench: cross-resolution distillation benchmark")
+    parser.add_argument("--version", action="version", version=f"crd-bench {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate_parser(sub)
+    _add_datasets_parser(sub)
+    _add_download_parser(sub)
+    _add_prepare_parser(sub)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_report_parser(sub)
+    _add_import_official_parser(sub)
+    _add_register_parser(sub)
+    _add_metrics_parser(sub)
+    _add_bench_parser(sub)
+    _add_methods_parser(sub)
     return parser
 
 

@@ -20,6 +20,9 @@ finds every label's surface, and each surface element finds its nearest neighbou
 surface by probing grid offsets in order of distance (a k-d tree for the rare far ones).
 :func:`score_pair` scores a 160x192x224 pair with 45 anatomy-like labels, Jacobian included, in
 well under a second on two CPU cores (``benchmarks/metrics_speed.py``).
+
+Reading label maps and fields from files, and the text of ``crd metrics``, live in
+:mod:`crd.metrics_files`; this module works on arrays only.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -46,8 +48,6 @@ __all__ = [
     "folding",
     "sdlogj",
     "score_pair",
-    "score_files",
-    "format_scores",
     "surface_distances",
     "robust_hausdorff",
     "average_surface_distance",
@@ -956,6 +956,102 @@ def _default_threads() -> int:
     return max(1, min(2, cpus))
 
 
+class _PairInputs(NamedTuple):
+    """:func:`score_pair`'s arguments, checked and normalised."""
+
+    fixed: np.ndarray
+    moving: np.ndarray | None
+    warped: np.ndarray
+    labels: list[int]
+    spacing: tuple[float, float, float]
+    flow: np.ndarray | None
+
+
+def _check_pair(
+    fixed_labels: np.ndarray,
+    moving_labels: np.ndarray | None,
+    warped_labels: np.ndarray,
+    labels: Iterable[int],
+    spacing: Spacing,
+    flow: np.ndarray | None,
+) -> _PairInputs:
+    """:func:`score_pair`'s input checks, in its order; the label list without repeats."""
+    fixed_labels = _check_labels(fixed_labels, "fixed_labels")
+    warped_labels = _check_labels(warped_labels, "warped_labels")
+    if moving_labels is not None:
+        moving_labels = _check_labels(moving_labels, "moving_labels")
+    _check_same_shape(fixed_labels, warped_labels, "fixed_labels", "warped_labels")
+    spacing = _check_spacing(spacing)
+    labels = list(dict.fromkeys(int(v) for v in labels))
+    if flow is not None:
+        flow = _check_flow(flow)
+        if flow.shape[1:] != fixed_labels.shape:
+            raise ValueError(
+                f"flow has grid {flow.shape[1:]} but fixed_labels has shape {fixed_labels.shape}: "
+                "expected the same grid"
+            )
+    return _PairInputs(fixed_labels, moving_labels, warped_labels, labels, spacing, flow)
+
+
+class _LabelScores(NamedTuple):
+    """The per-label part of :func:`score_pair`: which labels count, and their values."""
+
+    present: list[int]  # in the fixed and the moving map: the labels the means are over
+    vanished: set[int]  # present, but not in the warped map
+    dice: dict[int, float]
+    hd95: dict[int, float]
+    assd: dict[int, float]
+
+
+def _label_scores(p: _PairInputs) -> _LabelScores:
+    """Dice, HD95 and ASSD of every present label; a vanished label gets the diagonal penalty."""
+    wanted = np.unique(np.asarray(p.labels, dtype=np.int64))
+    index = {int(v): q + 1 for q, v in enumerate(wanted.tolist())}
+    cf = _compact_labels(p.fixed, wanted)
+    cw = _compact_labels(p.warped, wanted)
+    n_f, n_w, n_both = _overlap_counts(cf, cw, wanted.size)
+    in_moving = _label_counts(p.moving, p.labels) > 0 if p.moving is not None else None
+    present, vanished = [], set()
+    for i, lab in enumerate(p.labels):
+        if n_f[index[lab]] > 0 and (in_moving is None or in_moving[i]):
+            present.append(lab)
+            if n_w[index[lab]] == 0:
+                vanished.add(lab)
+    penalty = math.sqrt(sum((n * s) ** 2 for n, s in zip(p.fixed.shape, p.spacing, strict=True)))
+    dice = {lab: _dice_from_counts(n_f[index[lab]], n_w[index[lab]], n_both[index[lab]]) for lab in present}
+    kept = [v for v in present if v not in vanished]
+    hd, assd = _surface_metrics_compact(cf, cw, wanted, kept, p.spacing)
+    del cf, cw
+    hd.update({lab: penalty for lab in vanished})
+    assd.update({lab: penalty for lab in vanished})
+    return _LabelScores(present, vanished, dice, hd, assd)
+
+
+def _label_rows(labels: list[int], s: _LabelScores) -> list[dict]:
+    """The ``dice``, ``hd95_mm`` and ``assd_mm`` rows (each label, then the mean) and the counts."""
+    rows: list[dict] = []
+    nan = float("nan")
+    for name, values in (("dice", s.dice), ("hd95_mm", s.hd95), ("assd_mm", s.assd)):
+        for lab in labels:
+            rows.append({"metric": name, "label": lab, "value": float(values.get(lab, nan))})
+        rows.append({"metric": name, "label": None, "value": _nanmean([values[v] for v in s.present])})
+    rows.append({"metric": "labels_missing", "label": None, "value": float(len(labels) - len(s.present))})
+    rows.append({"metric": "labels_vanished", "label": None, "value": float(len(s.vanished))})
+    return rows
+
+
+def _jacobian_rows(jac: JacobianStats, spacing: tuple[float, float, float]) -> list[dict]:
+    """The whole-grid Jacobian rows (label None)."""
+    voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
+    return [
+        {"metric": "fold_pct", "label": None, "value": float(jac.fold_pct)},
+        {"metric": "fold_count", "label": None, "value": float(jac.fold_count)},
+        {"metric": "nonpos_jac_mm3", "label": None, "value": float(jac.fold_count * voxel_mm3)},
+        {"metric": "sdlogj", "label": None, "value": float(jac.sdlogj)},
+        {"metric": "logj_excluded_pct", "label": None, "value": float(jac.logj_excluded_pct)},
+    ]
+
+
 def score_pair(
     fixed_labels: np.ndarray,
     moving_labels: np.ndarray | None,
@@ -1000,246 +1096,18 @@ def score_pair(
     Returns:
         A list of ``{"metric": str, "label": int | None, "value": float}``.
     """
-    fixed_labels = _check_labels(fixed_labels, "fixed_labels")
-    warped_labels = _check_labels(warped_labels, "warped_labels")
-    if moving_labels is not None:
-        moving_labels = _check_labels(moving_labels, "moving_labels")
-    _check_same_shape(fixed_labels, warped_labels, "fixed_labels", "warped_labels")
-    spacing = _check_spacing(spacing)
-    labels = list(dict.fromkeys(int(v) for v in labels))
-    if flow is not None:
-        flow = _check_flow(flow)
-        if flow.shape[1:] != fixed_labels.shape:
-            raise ValueError(
-                f"flow has grid {flow.shape[1:]} but fixed_labels has shape {fixed_labels.shape}: "
-                "expected the same grid"
-            )
+    p = _check_pair(fixed_labels, moving_labels, warped_labels, labels, spacing, flow)
     threads = _default_threads() if threads is None else max(1, int(threads))
-
-    pool = ThreadPoolExecutor(max_workers=1) if flow is not None and threads > 1 else None
+    pool = ThreadPoolExecutor(max_workers=1) if p.flow is not None and threads > 1 else None
     try:
-        jac_future = pool.submit(jacobian_stats, flow) if pool is not None else None
-        wanted = np.unique(np.asarray(labels, dtype=np.int64))
-        index = {int(v): q + 1 for q, v in enumerate(wanted.tolist())}
-        cf = _compact_labels(fixed_labels, wanted)
-        cw = _compact_labels(warped_labels, wanted)
-        n_f, n_w, n_both = _overlap_counts(cf, cw, wanted.size)
-        in_moving = _label_counts(moving_labels, labels) > 0 if moving_labels is not None else None
-        present, vanished = [], set()
-        for i, lab in enumerate(labels):
-            if n_f[index[lab]] > 0 and (in_moving is None or in_moving[i]):
-                present.append(lab)
-                if n_w[index[lab]] == 0:
-                    vanished.add(lab)
-        penalty = math.sqrt(sum((n * s) ** 2 for n, s in zip(fixed_labels.shape, spacing, strict=True)))
-        dice = {lab: _dice_from_counts(n_f[index[lab]], n_w[index[lab]], n_both[index[lab]]) for lab in present}
-        kept = [v for v in present if v not in vanished]
-        hd, assd = _surface_metrics_compact(cf, cw, wanted, kept, spacing)
-        del cf, cw
-        hd.update({lab: penalty for lab in vanished})
-        assd.update({lab: penalty for lab in vanished})
-        if flow is not None:
-            jac = jac_future.result() if jac_future is not None else jacobian_stats(flow)
+        jac_future = pool.submit(jacobian_stats, p.flow) if pool is not None else None
+        scores = _label_scores(p)
+        if p.flow is not None:
+            jac = jac_future.result() if jac_future is not None else jacobian_stats(p.flow)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-
-    rows: list[dict] = []
-    nan = float("nan")
-    for name, values in (("dice", dice), ("hd95_mm", hd), ("assd_mm", assd)):
-        for lab in labels:
-            rows.append({"metric": name, "label": lab, "value": float(values.get(lab, nan))})
-        rows.append({"metric": name, "label": None, "value": _nanmean([values[v] for v in present])})
-    rows.append({"metric": "labels_missing", "label": None, "value": float(len(labels) - len(present))})
-    rows.append({"metric": "labels_vanished", "label": None, "value": float(len(vanished))})
-    if flow is not None:
-        voxel_mm3 = spacing[0] * spacing[1] * spacing[2]
-        rows += [
-            {"metric": "fold_pct", "label": None, "value": float(jac.fold_pct)},
-            {"metric": "fold_count", "label": None, "value": float(jac.fold_count)},
-            {"metric": "nonpos_jac_mm3", "label": None, "value": float(jac.fold_count * voxel_mm3)},
-            {"metric": "sdlogj", "label": None, "value": float(jac.sdlogj)},
-            {"metric": "logj_excluded_pct", "label": None, "value": float(jac.logj_excluded_pct)},
-        ]
+    rows = _label_rows(p.labels, scores)
+    if p.flow is not None:
+        rows += _jacobian_rows(jac, p.spacing)
     return rows
-
-
-# --------------------------------------------------------------------------------------------
-# files -> one summary (``crd metrics``)
-# --------------------------------------------------------------------------------------------
-
-def _load_nifti(path: Path, what: str):
-    from crd.volumes import open_image
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path}: file not found")
-    return open_image(path, what, error=ValueError)
-
-
-def _load_label_file(path: Path, what: str):
-    from crd.volumes import voxels
-
-    img = _load_nifti(path, what)
-    if len(img.shape) != 3:
-        raise ValueError(f"{what} {path}: expected a 3-D (D, H, W) label map, got shape {tuple(img.shape)}")
-    data = voxels(img, path, what, error=ValueError)
-    try:
-        data = _check_labels(data, f"{what} {path}")
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{exc} (stored as {img.get_data_dtype()}); is it an image rather than a label map?") from None
-    return img, data
-
-
-def _same_grid(a, b) -> bool:
-    from crd.volumes import same_grid
-
-    return same_grid(a, b)
-
-
-def _grid_text(img) -> str:
-    zooms = tuple(round(float(z), 4) for z in img.header.get_zooms()[:3])
-    return f"shape {tuple(int(n) for n in img.shape[:3])}, voxel size {zooms} mm"
-
-
-def _json_number(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
-
-
-def score_files(
-    fixed_labels: str | os.PathLike[str],
-    warped_labels: str | os.PathLike[str],
-    flow: str | os.PathLike[str] | None = None,
-    *,
-    labels: Sequence[int] | None = None,
-    spacing: Spacing | None = None,
-) -> dict:
-    """Score a registration result stored in NIfTI files (what ``crd metrics`` prints).
-
-    Args:
-        fixed_labels: label map of the fixed image (integer values; a float file holding whole
-            numbers is accepted).
-        warped_labels: the moving label map warped onto the fixed grid (same shape and affine).
-        flow: optional displacement field on the fixed grid: ``(D, H, W, 3)`` (or NIfTI's vector
-            layout ``(D, H, W, 1, 3)``) in voxels, channels in (D, H, W) order, as written by
-            ``crd register --out-flow``.
-        labels: labels to score; default: every nonzero value of either map.
-        spacing: voxel size in mm, (D, H, W) order; default: the fixed label map's header.
-
-    Returns:
-        A JSON-ready dict: ``dice``, ``hd95``, ``assd`` each ``{"mean", "per_label"}`` (per-label
-        keys are the labels as strings; NaN, e.g. for a missing label, becomes ``None``), the
-        counts ``labels_missing`` / ``labels_vanished`` and their lists, the spacing and where it
-        came from, and with a flow ``fold_pct``, ``fold_count``, ``nonpos_jac_mm3``, ``sdlogj``,
-        ``logj_excluded_pct``. The rules are :func:`score_pair`'s with the moving map unknown: a
-        label absent from the fixed map is missing; one in the fixed map but not in the warped
-        one has vanished (penalty: the image diagonal).
-
-    Raises:
-        FileNotFoundError: a file does not exist.
-        ValueError: unreadable file, non-integer label values, grids that differ, a field of the
-            wrong shape.
-    """
-    fixed_path, warped_path = Path(fixed_labels), Path(warped_labels)
-    fixed_img, fixed = _load_label_file(fixed_path, "fixed labels")
-    warped_img, warped = _load_label_file(warped_path, "warped labels")
-    if not _same_grid(fixed_img, warped_img):
-        raise ValueError(
-            f"warped labels {warped_path} ({_grid_text(warped_img)}) are not on the grid of the fixed labels "
-            f"{fixed_path} ({_grid_text(fixed_img)}): expected the same shape and affine"
-        )
-    u = None
-    flow_path = Path(flow) if flow is not None else None
-    if flow_path is not None:
-        flow_img = _load_nifti(flow_path, "flow")
-        shape = tuple(int(n) for n in flow_img.shape)
-        if len(shape) == 5 and shape[3] == 1:
-            shape = shape[:3] + shape[4:]
-        if len(shape) != 4 or shape[3] != 3:
-            raise ValueError(
-                f"flow {flow_path}: expected a (D, H, W, 3) displacement field in voxels, got shape "
-                f"{tuple(int(n) for n in flow_img.shape)}"
-            )
-        if shape[:3] != tuple(fixed.shape) or not _same_grid(flow_img, fixed_img):
-            raise ValueError(
-                f"flow {flow_path} (shape {shape[:3]}) is not on the grid of the fixed labels {fixed_path} "
-                f"({_grid_text(fixed_img)}): expected the same shape and affine"
-            )
-        from crd.volumes import voxels
-
-        data = voxels(flow_img, flow_path, "flow", error=ValueError).reshape(shape)
-        if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
-            raise ValueError(f"flow {flow_path}: expected real displacement values, got dtype {data.dtype}")
-        u = np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32 if data.dtype != np.float64 else None)
-    if spacing is None:
-        spacing_mm, source = _check_spacing(fixed_img.header.get_zooms()[:3]), "fixed labels header"
-    else:
-        spacing_mm, source = _check_spacing(spacing), "given"
-    if labels is None:
-        found = np.union1d(np.unique(fixed), np.unique(warped))
-        labels = [int(v) for v in found if v != 0]
-    labels = list(dict.fromkeys(int(v) for v in labels))
-    rows = score_pair(fixed, None, warped, labels, spacing_mm, flow=u)
-
-    table: dict[str, dict] = {}
-    for name, metric in (("dice", "dice"), ("hd95", "hd95_mm"), ("assd", "assd_mm")):
-        values = {r["label"]: r["value"] for r in rows if r["metric"] == metric}
-        table[name] = {
-            "mean": _json_number(values[None]),
-            "per_label": {str(lab): _json_number(values[lab]) for lab in labels},
-        }
-    single = {r["metric"]: r["value"] for r in rows if r["label"] is None}
-    present = set(np.unique(fixed).tolist())
-    in_warped = set(np.unique(warped).tolist())
-    out: dict = {
-        "fixed_labels": str(fixed_path),
-        "warped_labels": str(warped_path),
-        "flow": str(flow_path) if flow_path is not None else None,
-        "shape": list(fixed.shape),
-        "spacing_mm": list(spacing_mm),
-        "spacing_from": source,
-        "labels": labels,
-        **table,
-        "labels_missing": int(single["labels_missing"]),
-        "labels_vanished": int(single["labels_vanished"]),
-        "missing": [lab for lab in labels if lab not in present],
-        "vanished": [lab for lab in labels if lab in present and lab not in in_warped],
-    }
-    if u is not None:
-        out["fold_pct"] = single["fold_pct"]
-        out["fold_count"] = int(single["fold_count"])
-        out["nonpos_jac_mm3"] = single["nonpos_jac_mm3"]
-        out["sdlogj"] = _json_number(single["sdlogj"])
-        out["logj_excluded_pct"] = single["logj_excluded_pct"]
-    return out
-
-
-def format_scores(result: dict) -> str:
-    """A plain-text table of :func:`score_files`' result (one line per label, then the means)."""
-
-    def num(v: float | None, digits: int) -> str:
-        return "nan" if v is None else f"{v:.{digits}f}"
-
-    lines = [f"{'label':>8} {'dice':>8} {'hd95_mm':>9} {'assd_mm':>9}"]
-    for lab in result["labels"]:
-        key = str(lab)
-        lines.append(
-            f"{lab:>8} {num(result['dice']['per_label'][key], 4):>8} "
-            f"{num(result['hd95']['per_label'][key], 3):>9} {num(result['assd']['per_label'][key], 3):>9}"
-        )
-    lines.append(
-        f"{'mean':>8} {num(result['dice']['mean'], 4):>8} {num(result['hd95']['mean'], 3):>9} "
-        f"{num(result['assd']['mean'], 3):>9}"
-    )
-    sp = " x ".join(f"{s:g}" for s in result["spacing_mm"])
-    lines.append(
-        f"{len(result['labels'])} labels; missing (not in the fixed map, left out of the means): "
-        f"{result['missing'] or 'none'}; vanished (not in the warped map, Dice 0 and distances = image diagonal): "
-        f"{result['vanished'] or 'none'}; spacing {sp} mm ({result['spacing_from']})"
-    )
-    if "fold_pct" in result:
-        lines.append(
-            f"Jacobian (central differences, all voxels): det <= 0 in {result['fold_pct']:.4f} % "
-            f"({result['fold_count']} voxels, {result['nonpos_jac_mm3']:g} mm^3); SDlogJ "
-            f"{num(result['sdlogj'], 4)} ({result['logj_excluded_pct']:.4f} % of voxels excluded)"
-        )
-    return "\n".join(lines)
