@@ -34,11 +34,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crd.atomic import write_text_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from crd.methods import MethodSpec
 
 __all__ = ["OPTIONS", "parse_size", "run_bench", "run_case", "COLUMNS"]
 
@@ -137,13 +144,100 @@ def _release_freed_memory() -> None:
         pass
 
 
-def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Measure one (method, size, option) case in this process; returns ``{metrics, weights}``."""
-    import psutil
+def _random_pair(size: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed and moving inputs: uniform noise in [0, 1), float32 ``(1, 1, D, H, W)`` on ``device``,
+    drawn from one generator seeded 0 (fixed first)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.rand((1, 1, *size), generator=gen).to(device)
+    moving = torch.rand((1, 1, *size), generator=gen).to(device)
+    return fixed, moving
+
+
+def _to_channels_last(
+    model: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The model and both ``(1, 1, D, H, W)`` inputs in channels-last 3-D memory format."""
+    import torch
+
+    model = model.to(memory_format=torch.channels_last_3d)
+    fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
+    moving = moving.contiguous(memory_format=torch.channels_last_3d)
+    return model, fixed, moving
+
+
+def _inference_call(
+    model: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor, option: str, device: torch.device
+) -> Callable[[], Any]:
+    """The call that is timed: one inference (field + warp) as ``option`` asks, compiled
+    (``compile``), under bf16 autocast (``bf16``), or captured once and replayed as a CUDA graph
+    (``cuda-graphs``, after three warm-up calls on a side stream)."""
     import torch
 
     from crd.models.inference import infer
-    from crd.profiling import count_parameters, profile_inference
+
+    net = torch.compile(model) if option == "compile" else model
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if option == "bf16" else (lambda: nullcontext())
+    )
+
+    def run() -> torch.Tensor:
+        return infer(net, fixed, moving, autocast=autocast()).warped
+
+    if option != "cuda-graphs":
+        return run
+    with torch.inference_mode():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = run()
+
+    def replay(_keep: torch.Tensor = static_out) -> None:  # the default keeps the graph's output alive
+        graph.replay()
+
+    return replay
+
+
+def _inference_metrics(
+    fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int
+) -> dict[str, float | None]:
+    """``warmup`` untimed calls of ``fn``, then the latency (seconds) and memory (MiB) metrics of
+    ``repeats`` timed ones; ``None`` where a value is unavailable."""
+    import psutil
+    import torch
+
+    from crd.profiling import profile_inference
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+    _release_freed_memory()  # so that the RSS baseline of the timed calls holds no warm-up leftovers
+    metrics: dict[str, float | None] = {"base_rss_mb": psutil.Process().memory_info().rss / 2.0**20}
+    prof = profile_inference(fn, device, warmup=0, repeats=repeats)
+    metrics.update(
+        latency_median_s=prof.median_s,
+        latency_iqr_s=prof.spread_s,
+        latency_min_s=prof.min_s,
+        latency_max_s=prof.max_s,
+        peak_rss_mb=prof.peak_rss_mb,
+        process_peak_rss_mb=_peak_abs_rss_mb(),
+    )
+    if device.type == "cuda":
+        metrics.update(cuda_alloc_peak_mb=prof.cuda_alloc_peak_mb, nvml_peak_mb=prof.nvml_peak_mb)
+    return metrics
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Measure one (method, size, option) case in this process; returns ``{metrics, weights}``."""
+    import torch
+
+    from crd.profiling import count_parameters
     from crd.runtime import configure_threads, select_device
 
     t_case = time.perf_counter()
@@ -156,55 +250,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     model, weights = _build(case["model"], case.get("checkpoint"), device)
-    size = tuple(case["size"])
-    gen = torch.Generator().manual_seed(0)
-    fixed = torch.rand((1, 1, *size), generator=gen).to(device)
-    moving = torch.rand((1, 1, *size), generator=gen).to(device)
+    fixed, moving = _random_pair(tuple(case["size"]), device)
     if option == "channels-last":
-        model = model.to(memory_format=torch.channels_last_3d)
-        fixed = fixed.contiguous(memory_format=torch.channels_last_3d)
-        moving = moving.contiguous(memory_format=torch.channels_last_3d)
-    net = torch.compile(model) if option == "compile" else model
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if option == "bf16" else (lambda: nullcontext())
-    )
-
-    def run() -> torch.Tensor:
-        return infer(net, fixed, moving, autocast=autocast()).warped
-
-    fn = run
-    if option == "cuda-graphs":
-        with torch.inference_mode():
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    run()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = run()  # noqa: F841  (kept alive with the graph's pool)
-
-        def fn() -> None:
-            graph.replay()
-
+        model, fixed, moving = _to_channels_last(model, fixed, moving)
+    fn = _inference_call(model, fixed, moving, option, device)
     metrics: dict[str, Any] = {"params": float(count_parameters(model))}
-    with torch.inference_mode():
-        for _ in range(case["warmup"]):
-            fn()
-    _release_freed_memory()  # so that the RSS baseline of the timed calls holds no warm-up leftovers
-    metrics["base_rss_mb"] = psutil.Process().memory_info().rss / 2.0**20
-    prof = profile_inference(fn, device, warmup=0, repeats=case["repeats"])
-    metrics.update(
-        latency_median_s=prof.median_s,
-        latency_iqr_s=prof.spread_s,
-        latency_min_s=prof.min_s,
-        latency_max_s=prof.max_s,
-        peak_rss_mb=prof.peak_rss_mb,
-        process_peak_rss_mb=_peak_abs_rss_mb(),
-    )
-    if device.type == "cuda":
-        metrics.update(cuda_alloc_peak_mb=prof.cuda_alloc_peak_mb, nvml_peak_mb=prof.nvml_peak_mb)
+    metrics.update(_inference_metrics(fn, device, case["warmup"], case["repeats"]))
     if case.get("train_step") and case.get("training") and option == "fp32" and count_parameters(model) > 0:
         metrics.update(_train_step_profile(case, model, device, fixed, moving))
     metrics["in_process_case_s"] = time.perf_counter() - t_case
@@ -231,6 +282,163 @@ def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
 # the whole bench
 
 
+def _checked_options(options: list[str] | None, dev: torch.device) -> list[str]:
+    """The option flags in order, duplicates dropped; ``ValueError`` for an unknown one or one that
+    ``dev`` cannot run."""
+    options = list(dict.fromkeys(options or []))
+    for opt in options:
+        if opt not in OPTIONS:
+            raise ValueError(f"unknown option {opt!r}; known: {', '.join(OPTIONS)}")
+        if opt in CUDA_ONLY and dev.type != "cuda":
+            raise ValueError(f"--{opt} needs a CUDA device; this run's device is {dev}")
+    return options
+
+
+def _isolated(isolate: str, dev: torch.device) -> bool:
+    """Whether each case runs in its own subprocess: ``process``, or ``auto`` on the CPU."""
+    if isolate not in ("auto", "process", "none"):
+        raise ValueError(f"isolate must be auto, process or none, got {isolate!r}")
+    return isolate == "process" or (isolate == "auto" and dev.type == "cpu")
+
+
+def _benchable_specs(methods_dir: Path, methods: list[str]) -> dict[str, MethodSpec]:
+    """The specs of ``methods`` (teachers included); ``ValueError`` for a method without a model."""
+    from crd.methods import load_methods
+
+    specs = load_methods(Path(methods_dir), list(methods))
+    for name in methods:
+        if specs[name].model is None:
+            raise ValueError(f"method {name!r} brings its own rules and no model config: it cannot be benched")
+    return specs
+
+
+def _checkpoint(checkpoints_dir: Path | None, name: str) -> str | None:
+    """``checkpoints_dir/<name>.pt`` as a string when that file exists, else ``None``."""
+    if checkpoints_dir is None:
+        return None
+    path = Path(checkpoints_dir) / f"{name}.pt"
+    return str(path) if path.is_file() else None
+
+
+def _cases(
+    specs: dict[str, MethodSpec],
+    methods: list[str],
+    sizes: list[tuple[int, int, int]],
+    options: list[str],
+    checkpoints_dir: Path | None,
+    settings: dict[str, Any],
+) -> Iterator[dict[str, Any]]:
+    """The cases in bench order (size, then ``fp32`` and each option, then method), each a JSON-able
+    dict; ``settings`` holds the keys every case shares (device, repeats, warmup, threads,
+    train_step). Lazy: a size that a method's ``size_multiple`` does not divide raises
+    ``ValueError`` when that case is reached."""
+    from crd.models.registration import build_model
+
+    for size in sizes:
+        multiples: dict[str, int] = {}  # each model's size_multiple (padding would change what is timed)
+        for option in ["fp32", *options]:
+            for name in methods:
+                spec = specs[name]
+                if name not in multiples:
+                    multiples[name] = int(build_model(spec.model).size_multiple)
+                multiple = multiples[name]
+                if any(s % multiple for s in size):
+                    raise ValueError(
+                        f"size {_size_name(size)}: method {name!r} needs sides that are multiples of {multiple}"
+                    )
+                yield {
+                    "method": name,
+                    "model": spec.model,
+                    "checkpoint": _checkpoint(checkpoints_dir, name),
+                    "size": list(size),
+                    "option": option,
+                    **settings,
+                    "training": spec.training,
+                    "teacher_model": specs[spec.teacher].model if spec.teacher else None,
+                    "teacher_checkpoint": _checkpoint(checkpoints_dir, spec.teacher) if spec.teacher else None,
+                }
+
+
+def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device) -> dict[str, Any]:
+    """Run one case (in a subprocess or here) and add its wall time ``case_wall_s`` (seconds) to the
+    metrics; on CUDA in-process, free the case's cached memory (and graph pool) afterwards."""
+    t0 = time.perf_counter()
+    result = _run_case_subprocess(case) if in_subprocess else run_case(case)
+    if not in_subprocess and dev.type == "cuda":  # free this case's cache (and graph pool)
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+    metrics = dict(result["metrics"])
+    metrics["case_wall_s"] = time.perf_counter() - t0
+    return {"metrics": metrics, "weights": result["weights"]}
+
+
+def _rows(case: dict[str, Any], device_type: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One tidy row per metric of a case (every column but ``ratio_to_hr``)."""
+    size = _size_name(tuple(case["size"]))
+    return [
+        {
+            "size": size,
+            "method": case["method"],
+            "options": case["option"],
+            "device": device_type,
+            "metric": metric,
+            "value": float(value),
+        }
+        for metric, value in metrics.items()
+    ]
+
+
+def _table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The tidy table of ``rows`` with ``ratio_to_hr``: each value over ``hr``'s for the same size,
+    options and metric (NaN where ``hr`` has none, or a zero)."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
+    base = table[table.method == BASELINE].set_index(["size", "options", "metric"])["value"]
+
+    def ratio(r) -> float:
+        b = base.get((r["size"], r["options"], r["metric"]), math.nan)
+        return r["value"] / b if b and not math.isnan(b) else math.nan
+
+    table["ratio_to_hr"] = table.apply(ratio, axis=1) if len(table) else []
+    return table
+
+
+def _sidecar(
+    dev: torch.device,
+    methods: list[str],
+    sizes: list[tuple[int, int, int]],
+    options: list[str],
+    settings: dict[str, Any],
+    in_subprocess: bool,
+    weights: dict[str, str],
+    t_start: float,
+) -> dict[str, Any]:
+    """The JSON sidecar of the table: the device (with the threads configured now), the settings, the
+    weights each method used, and the bench's wall time in seconds since ``t_start``."""
+    from crd.profiling import device_description
+
+    return {
+        "kind": "bench",
+        "device": device_description(dev),
+        "methods": list(methods),
+        "sizes": [_size_name(s) for s in sizes],
+        "options": ["fp32", *options],
+        "repeats": settings["repeats"],
+        "warmup": settings["warmup"],
+        "batch": 1,
+        "train_step": settings["train_step"],
+        "isolation": "subprocess per case" if in_subprocess else "one process",
+        "weights": weights,
+        "wall_s": time.perf_counter() - t_start,
+        "baseline": BASELINE,
+    }
+
+
 def run_bench(
     methods_dir: Path,
     methods: list[str],
@@ -252,121 +460,34 @@ def run_bench(
     Raises ``ValueError`` for unknown methods/options, options the device cannot run, methods
     without a model, or bad repeat counts.
     """
-    import pandas as pd
-
-    from crd.methods import load_methods
-    from crd.models.registration import build_model
-    from crd.profiling import device_description
     from crd.runtime import configure_threads, select_device
 
     if repeats < 1 or warmup < 0:
         raise ValueError(f"expected repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     dev = select_device(device)
-    options = list(dict.fromkeys(options or []))
-    for opt in options:
-        if opt not in OPTIONS:
-            raise ValueError(f"unknown option {opt!r}; known: {', '.join(OPTIONS)}")
-        if opt in CUDA_ONLY and dev.type != "cuda":
-            raise ValueError(f"--{opt} needs a CUDA device; this run's device is {dev}")
-    if isolate not in ("auto", "process", "none"):
-        raise ValueError(f"isolate must be auto, process or none, got {isolate!r}")
-    in_subprocess = isolate == "process" or (isolate == "auto" and dev.type == "cpu")
-    specs = load_methods(Path(methods_dir), list(methods))
-    for name in methods:
-        if specs[name].model is None:
-            raise ValueError(f"method {name!r} brings its own rules and no model config: it cannot be benched")
+    options = _checked_options(options, dev)
+    in_subprocess = _isolated(isolate, dev)
+    specs = _benchable_specs(methods_dir, methods)
     if not sizes:
         raise ValueError("no size to bench")
 
-    def ckpt(name: str) -> str | None:
-        if checkpoints_dir is None:
-            return None
-        path = Path(checkpoints_dir) / f"{name}.pt"
-        return str(path) if path.is_file() else None
-
+    settings = {"device": str(dev), "repeats": repeats, "warmup": warmup, "threads": threads, "train_step": train_step}
     rows: list[dict[str, Any]] = []
     weights: dict[str, str] = {}
     t_start = time.perf_counter()
-    for size in sizes:
-        multiples: dict[str, int] = {}  # each model's size_multiple (padding would change what is timed)
-        for option in ["fp32", *options]:
-            for name in methods:
-                spec = specs[name]
-                if name not in multiples:
-                    multiples[name] = int(build_model(spec.model).size_multiple)
-                multiple = multiples[name]
-                if any(s % multiple for s in size):
-                    raise ValueError(
-                        f"size {_size_name(size)}: method {name!r} needs sides that are multiples of {multiple}"
-                    )
-                case = {
-                    "method": name,
-                    "model": spec.model,
-                    "checkpoint": ckpt(name),
-                    "size": list(size),
-                    "option": option,
-                    "device": str(dev),
-                    "repeats": repeats,
-                    "warmup": warmup,
-                    "threads": threads,
-                    "train_step": train_step,
-                    "training": spec.training,
-                    "teacher_model": specs[spec.teacher].model if spec.teacher else None,
-                    "teacher_checkpoint": ckpt(spec.teacher) if spec.teacher else None,
-                }
-                t0 = time.perf_counter()
-                result = _run_case_subprocess(case) if in_subprocess else run_case(case)
-                if not in_subprocess and dev.type == "cuda":  # free this case's cache (and graph pool)
-                    import gc
-
-                    import torch
-
-                    gc.collect()
-                    torch.cuda.empty_cache()
-                metrics = dict(result["metrics"])
-                metrics["case_wall_s"] = time.perf_counter() - t0
-                weights[name] = result["weights"]
-                log(
-                    f"bench {_size_name(size)} {option:13s} {name:8s} "
-                    f"median {metrics['latency_median_s']:.4f} s, case {metrics['case_wall_s']:.1f} s"
-                )
-                for metric, value in metrics.items():
-                    rows.append(
-                        {
-                            "size": _size_name(size),
-                            "method": name,
-                            "options": option,
-                            "device": dev.type,
-                            "metric": metric,
-                            "value": float(value),
-                        }
-                    )
-    table = pd.DataFrame(rows, columns=list(COLUMNS[:-1]))
-    base = table[table.method == BASELINE].set_index(["size", "options", "metric"])["value"]
-
-    def ratio(r) -> float:
-        b = base.get((r["size"], r["options"], r["metric"]), math.nan)
-        return r["value"] / b if b and not math.isnan(b) else math.nan
-
-    table["ratio_to_hr"] = table.apply(ratio, axis=1) if len(table) else []
+    for case in _cases(specs, methods, sizes, options, checkpoints_dir, settings):
+        result = _measure(case, in_subprocess, dev)
+        metrics = result["metrics"]
+        weights[case["method"]] = result["weights"]
+        log(
+            f"bench {_size_name(tuple(case['size']))} {case['option']:13s} {case['method']:8s} "
+            f"median {metrics['latency_median_s']:.4f} s, case {metrics['case_wall_s']:.1f} s"
+        )
+        rows.extend(_rows(case, dev.type, metrics))
     out = Path(out)
-    write_text_atomic(out, table.to_csv(index=False))
+    write_text_atomic(out, _table(rows).to_csv(index=False))
     configure_threads(threads)
-    sidecar = {
-        "kind": "bench",
-        "device": device_description(dev),
-        "methods": list(methods),
-        "sizes": [_size_name(s) for s in sizes],
-        "options": ["fp32", *options],
-        "repeats": repeats,
-        "warmup": warmup,
-        "batch": 1,
-        "train_step": train_step,
-        "isolation": "subprocess per case" if in_subprocess else "one process",
-        "weights": weights,
-        "wall_s": time.perf_counter() - t_start,
-        "baseline": BASELINE,
-    }
+    sidecar = _sidecar(dev, methods, sizes, options, settings, in_subprocess, weights, t_start)
     write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     return out
 

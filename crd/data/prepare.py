@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -117,6 +117,119 @@ def _source_files(spec: DatasetSpec, folder: Path) -> dict[str, Path]:
     return {n: folder / n for n in names}
 
 
+class _Prepared(NamedTuple):
+    """What writing one subject reports back."""
+
+    subject: str
+    shape: tuple[int, ...]  # (D, H, W) voxels of image and labels
+    spacing: tuple[float, ...]  # voxel size per axis: the norms of the affine's columns (world units, mm)
+    warnings: list[str]  # the preprocessing's compromises, also printed to stderr
+
+
+def _plan(
+    spec: DatasetSpec, src: Any, opts: Mapping[str, Any]
+) -> tuple[list[tuple[str, str, str]], list[str], dict[str, Any]]:
+    """The ``(split, fixed, moving)`` pair rows, the sorted ids of the subjects they use, and the
+    spec's shared context for preprocessing those subjects."""
+    ids = spec.subject_ids(src, opts)
+    rows = spec.pairs(src, ids, opts)
+    needed = sorted({s for _, f, m in rows for s in (f, m)})
+    ctx = spec.context(src, needed, opts)
+    return rows, needed, ctx
+
+
+def _staging_folder(out: Path) -> Path:
+    """A new empty ``.<name>.*.partial`` folder next to ``out`` (its parent created if need be)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def _write_subject(
+    spec: DatasetSpec, src: Any, subject: str, opts: Mapping[str, Any], ctx: Mapping[str, Any], staging: Path,
+    name: str,
+) -> _Prepared:
+    """Preprocess one subject and write ``images/<id>.nii.gz`` (float32) and ``labels/<id>.nii.gz``
+    (int16) into ``staging``; its warnings are printed to stderr, prefixed with ``name``."""
+    sub = spec.load(src, subject, opts, ctx)
+    if sub.image.shape != sub.labels.shape:
+        raise SpecError(f"{spec.name}: {subject}: image {sub.image.shape} and labels "
+                        f"{sub.labels.shape} differ in shape")
+    write_nifti(staging / "images" / f"{subject}.nii.gz",
+                sub.image.astype(np.float32), affine=sub.affine)
+    write_nifti(staging / "labels" / f"{subject}.nii.gz",
+                sub.labels.astype(np.int16), affine=sub.affine)
+    spacing = tuple(float(s) for s in np.linalg.norm(sub.affine[:3, :3], axis=0))
+    for message in sub.warnings:
+        print(f"crd prepare {name}: warning: {message}", file=sys.stderr)
+    return _Prepared(subject, tuple(sub.image.shape), spacing, sub.warnings)
+
+
+def _write_subjects(spec: DatasetSpec, src: Any, subjects: list[str], opts: Mapping[str, Any], ctx: Mapping[str, Any],
+                    staging: Path, *, name: str, threads: int, progress: bool) -> list[_Prepared]:
+    """:func:`_write_subject` for every subject on ``threads`` threads (at least one), in order."""
+    from tqdm.auto import tqdm
+
+    def one(subject: str) -> _Prepared:
+        return _write_subject(spec, src, subject, opts, ctx, staging, name)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        return list(tqdm(pool.map(one, subjects), total=len(subjects), desc=f"prepare {name}",
+                         unit="subject", disable=not progress))
+
+
+def _common_grid(spec: DatasetSpec, done: list[_Prepared]) -> tuple[tuple[int, ...], np.ndarray]:
+    """The one shape (voxels) and the ``(3,)`` spacing (mm, the first subject's) all subjects share;
+    ``SpecError`` when shapes differ or a spacing differs beyond a relative ``_SPACING_RTOL``."""
+    shapes = {s for _, s, _, _ in done}
+    if len(shapes) != 1:
+        raise SpecError(f"{spec.name}: preprocessed subjects differ in shape: {sorted(shapes)}")
+    spacing = np.asarray(done[0][2])
+    for subject, _, sp, _ in done:
+        if not np.allclose(sp, spacing, rtol=_SPACING_RTOL, atol=0):
+            raise SpecError(f"{spec.name}: {subject} has voxel spacing {sp} mm, "
+                            f"{done[0][0]} has {tuple(spacing)} mm")
+    return next(iter(shapes)), spacing
+
+
+def _info(spec: DatasetSpec, src: Any, name: str, out: Path, files: Mapping[str, Path], opts: Mapping[str, Any],
+          grid: tuple[tuple[int, ...], np.ndarray], done: list[_Prepared]) -> dict[str, Any]:
+    """The ``dataset.json`` dict: the spec's metadata, the source files' checksums, the options,
+    the common ``grid`` (shape in voxels, spacing in mm) and every subject's warnings."""
+    shape, spacing = grid
+    checksums = {n: file_checksum(p) for n, p in sorted(files.items())}
+    return dataset_info(
+        name=out.name,  # the folder (= config key) names the dataset everywhere
+        labels=spec.labels,
+        spacing=spacing.tolist(),
+        shape=shape,
+        description=spec.title,
+        source=", ".join(s.url for s in spec.sources) or f"bring your own: {', '.join(files)}",
+        license=spec.license,
+        citation=spec.citation,
+        checksums=checksums,
+        generator={"source": name, "options": opts, "protocol": spec.protocol},
+        intensity=spec.intensity,
+        provenance=spec.notes,
+        spacing_unit=getattr(src, "spacing_unit", "mm"),
+        preprocess_warnings=[w for *_, ws in done for w in ws],
+        **spec.extra,
+    )
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Rename the complete ``staging`` folder to ``out``, deleting an existing ``out`` first."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+
+
+def _close(src: Any) -> None:
+    """Close the opened sources when they can be closed."""
+    close = getattr(src, "close", None)
+    if close is not None:
+        close()
+
+
 def prepare_dataset(
     name: str,
     sources: str | os.PathLike[str],
@@ -143,8 +256,6 @@ def prepare_dataset(
     Returns:
         ``out``.
     """
-    from tqdm.auto import tqdm
-
     spec = get_spec(name)
     opts = spec.resolve_options(options)
     out, sources = Path(out), Path(sources)
@@ -152,71 +263,21 @@ def prepare_dataset(
         raise FileExistsError(f"{out}: already exists (pass overwrite=True / --overwrite)")
     files = _source_files(spec, sources)
     src = spec.open(files)
-    ids = spec.subject_ids(src, opts)
-    rows = spec.pairs(src, ids, opts)
-    needed = sorted({s for _, f, m in rows for s in (f, m)})
-    ctx = spec.context(src, needed, opts)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    rows, needed, ctx = _plan(spec, src, opts)
+    staging = _staging_folder(out)
     try:
         (staging / "images").mkdir()
         (staging / "labels").mkdir()
-
-        def one(subject: str) -> tuple[str, tuple[int, ...], tuple[float, ...]]:
-            sub = spec.load(src, subject, opts, ctx)
-            if sub.image.shape != sub.labels.shape:
-                raise SpecError(f"{spec.name}: {subject}: image {sub.image.shape} and labels "
-                                f"{sub.labels.shape} differ in shape")
-            write_nifti(staging / "images" / f"{subject}.nii.gz",
-                        sub.image.astype(np.float32), affine=sub.affine)
-            write_nifti(staging / "labels" / f"{subject}.nii.gz",
-                        sub.labels.astype(np.int16), affine=sub.affine)
-            spacing = tuple(float(s) for s in np.linalg.norm(sub.affine[:3, :3], axis=0))
-            for message in sub.warnings:
-                print(f"crd prepare {name}: warning: {message}", file=sys.stderr)
-            return subject, tuple(sub.image.shape), spacing, sub.warnings
-
-        with ThreadPoolExecutor(max(1, threads)) as pool:
-            done = list(tqdm(pool.map(one, needed), total=len(needed), desc=f"prepare {name}",
-                             unit="subject", disable=not progress))
-        shapes = {s for _, s, _, _ in done}
-        if len(shapes) != 1:
-            raise SpecError(f"{spec.name}: preprocessed subjects differ in shape: {sorted(shapes)}")
-        spacing = np.asarray(done[0][2])
-        for subject, _, sp, _ in done:
-            if not np.allclose(sp, spacing, rtol=_SPACING_RTOL, atol=0):
-                raise SpecError(f"{spec.name}: {subject} has voxel spacing {sp} mm, "
-                                f"{done[0][0]} has {tuple(spacing)} mm")
+        done = _write_subjects(spec, src, needed, opts, ctx, staging, name=name, threads=threads, progress=progress)
+        grid = _common_grid(spec, done)
         write_pairs(staging, rows)
-        checksums = {n: file_checksum(p) for n, p in sorted(files.items())}
-        write_dataset_json(staging, dataset_info(
-            name=out.name,  # the folder (= config key) names the dataset everywhere
-            labels=spec.labels,
-            spacing=spacing.tolist(),
-            shape=next(iter(shapes)),
-            description=spec.title,
-            source=", ".join(s.url for s in spec.sources) or f"bring your own: {', '.join(files)}",
-            license=spec.license,
-            citation=spec.citation,
-            checksums=checksums,
-            generator={"source": name, "options": opts, "protocol": spec.protocol},
-            intensity=spec.intensity,
-            provenance=spec.notes,
-            spacing_unit=getattr(src, "spacing_unit", "mm"),
-            preprocess_warnings=[w for *_, ws in done for w in ws],
-            **spec.extra,
-        ))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        write_dataset_json(staging, _info(spec, src, name, out, files, opts, grid, done))
+        _replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     finally:
-        close = getattr(src, "close", None)
-        if close is not None:
-            close()
+        _close(src)
     return out
 
 

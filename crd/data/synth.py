@@ -86,51 +86,6 @@ def synth_pairs(subjects: Sequence[str], n_val: int, n_test: int) -> list[tuple[
     return rows
 
 
-def _check_args(
-    template,
-    n_subjects,
-    shape,
-    spacing,
-    n_labels,
-    n_val,
-    n_test,
-    deformation_voxels,
-    n_control,
-    fine_voxels,
-    fine_control,
-):
-    if template not in TEMPLATES:
-        raise ValueError(f"template: expected one of {', '.join(TEMPLATES)}, got {template!r}")
-    if len(shape) != 3 or not all(int(s) >= 8 for s in shape):
-        raise ValueError(f"shape: expected 3 sides of at least 8 voxels (D, H, W), got {shape}")
-    if template == "anatomy" and max(shape) < 32:
-        raise ValueError(f"shape: the anatomy template needs a longest side of at least 32 voxels, got {shape}")
-    if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
-        raise ValueError(f"spacing: expected 3 positive voxel sizes in mm, got {spacing}")
-    if template == "anatomy" and n_labels is not None and n_labels != len(ANATOMY_LABELS):
-        raise ValueError(
-            f"n_labels: the anatomy template has {len(ANATOMY_LABELS)} structures; n_labels applies to "
-            f"template 'blobs' (got {n_labels})"
-        )
-    if n_labels is not None and not 1 <= n_labels <= 255:
-        raise ValueError(f"n_labels: expected 1 to 255, got {n_labels}")
-    if n_test < 2:
-        raise ValueError(f"n_test: expected at least 2 test subjects (one pair), got {n_test}")
-    if n_val == 1 or n_val < 0:
-        raise ValueError(f"n_val: expected 0 or at least 2 validation subjects, got {n_val}")
-    if n_subjects - n_val - n_test < 2:
-        raise ValueError(
-            f"n_subjects={n_subjects} leaves {n_subjects - n_val - n_test} training subjects "
-            f"after n_val={n_val} and n_test={n_test}; need at least 2"
-        )
-    for name, value in (("deformation_voxels", deformation_voxels), ("fine_deformation_voxels", fine_voxels)):
-        if value < 0:
-            raise ValueError(f"{name}: expected >= 0, got {value}")
-    for name, value in (("n_control", n_control), ("fine_control", fine_control)):
-        if value < 4:
-            raise ValueError(f"{name}: expected at least 4 control points per axis, got {value}")
-
-
 def jacobian_determinant(flow: torch.Tensor) -> np.ndarray:
     """``det(I + grad u)`` by central differences (one-sided at the border) of a
     ``(1, 3, D, H, W)`` displacement in voxels; returns a float64 ``(D, H, W)`` array."""
@@ -267,6 +222,147 @@ _DESCRIPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The arguments of :func:`generate_synth` that shape the data (shape in voxels ``(D, H, W)``,
+    spacing in mm), as given; :meth:`check` validates them."""
+
+    template: str
+    n_subjects: int
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    n_labels: int | None
+    n_val: int
+    n_test: int
+    deformation_voxels: float
+    n_control: int
+    fine_deformation_voxels: float
+    fine_control: int
+    seed: int
+
+    def check(self) -> None:
+        """``ValueError`` naming the first argument out of range."""
+        template, shape, spacing, n_labels = self.template, self.shape, self.spacing, self.n_labels
+        n_subjects, n_val, n_test = self.n_subjects, self.n_val, self.n_test
+        if template not in TEMPLATES:
+            raise ValueError(f"template: expected one of {', '.join(TEMPLATES)}, got {template!r}")
+        if len(shape) != 3 or not all(int(s) >= 8 for s in shape):
+            raise ValueError(f"shape: expected 3 sides of at least 8 voxels (D, H, W), got {shape}")
+        if template == "anatomy" and max(shape) < 32:
+            raise ValueError(f"shape: the anatomy template needs a longest side of at least 32 voxels, got {shape}")
+        if len(spacing) != 3 or not all(float(s) > 0 for s in spacing):
+            raise ValueError(f"spacing: expected 3 positive voxel sizes in mm, got {spacing}")
+        if template == "anatomy" and n_labels is not None and n_labels != len(ANATOMY_LABELS):
+            raise ValueError(
+                f"n_labels: the anatomy template has {len(ANATOMY_LABELS)} structures; n_labels applies to "
+                f"template 'blobs' (got {n_labels})"
+            )
+        if n_labels is not None and not 1 <= n_labels <= 255:
+            raise ValueError(f"n_labels: expected 1 to 255, got {n_labels}")
+        if n_test < 2:
+            raise ValueError(f"n_test: expected at least 2 test subjects (one pair), got {n_test}")
+        if n_val == 1 or n_val < 0:
+            raise ValueError(f"n_val: expected 0 or at least 2 validation subjects, got {n_val}")
+        if n_subjects - n_val - n_test < 2:
+            raise ValueError(
+                f"n_subjects={n_subjects} leaves {n_subjects - n_val - n_test} training subjects "
+                f"after n_val={n_val} and n_test={n_test}; need at least 2"
+            )
+        for name, value in (
+            ("deformation_voxels", self.deformation_voxels),
+            ("fine_deformation_voxels", self.fine_deformation_voxels),
+        ):
+            if value < 0:
+                raise ValueError(f"{name}: expected >= 0, got {value}")
+        for name, value in (("n_control", self.n_control), ("fine_control", self.fine_control)):
+            if value < 4:
+                raise ValueError(f"{name}: expected at least 4 control points per axis, got {value}")
+
+    @property
+    def subjects(self) -> list[str]:
+        """The subject ids ``synth_000``, ``synth_001``, ... in split order."""
+        return [f"synth_{i:03d}" for i in range(self.n_subjects)]
+
+    def deformation(self) -> _Deformation:
+        """The per-subject random field these settings ask for."""
+        return _Deformation(
+            float(self.deformation_voxels), self.n_control, float(self.fine_deformation_voxels), self.fine_control
+        )
+
+    def generator_params(self) -> dict[str, object]:
+        """The ``generator`` entry of dataset.json: every argument that shapes the bytes, in a fixed order."""
+        return {
+            "function": "crd.data.synth.generate_synth",
+            "template": self.template,
+            "n_subjects": self.n_subjects,
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+            "n_labels": self.n_labels,
+            "n_val": self.n_val,
+            "n_test": self.n_test,
+            "deformation_voxels": float(self.deformation_voxels),
+            "n_control": self.n_control,
+            "fine_deformation_voxels": float(self.fine_deformation_voxels),
+            "fine_control": self.fine_control,
+            "seed": self.seed,
+        }
+
+
+def _make_template(settings: _Settings, canvas: tuple[int, ...]) -> Template:
+    """The dataset's template anatomy on the ``canvas`` grid (voxels), from ``settings.seed``."""
+    if settings.template == "anatomy":
+        return anatomy_template(canvas, settings.seed)
+    return blob_template(canvas, 10 if settings.n_labels is None else settings.n_labels, settings.seed)
+
+
+def _central_crop(canvas: tuple[int, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The slices that cut the central ``shape`` out of a ``canvas`` array (both in voxels)."""
+    return tuple(slice((c - s) // 2, (c - s) // 2 + s) for c, s in zip(canvas, shape, strict=True))
+
+
+def _write_subjects(
+    folder: Path, settings: _Settings, template: Template, canvas: tuple[int, ...], progress: bool
+) -> None:
+    """Deform, image and crop every subject, and write ``images/<id>.nii.gz`` (float32) and
+    ``labels/<id>.nii.gz`` (uint8), ``settings.shape`` voxels of ``settings.spacing`` mm, into ``folder``."""
+    from tqdm.auto import tqdm
+
+    crop = _central_crop(canvas, settings.shape)
+    imaging = _Imaging.of(template)
+    deformation = settings.deformation()
+    for i, subject in enumerate(tqdm(settings.subjects, desc="synth", disable=not progress)):
+        flow, rng = deformation.draw(canvas, settings.seed, i, subject)
+        image, labels = (a[crop] for a in imaging.subject(flow, rng))
+        write_nifti(folder / "images" / f"{subject}.nii.gz", image, settings.spacing)
+        write_nifti(folder / "labels" / f"{subject}.nii.gz", labels, settings.spacing)
+
+
+def _write_dataset(folder: Path, name: str, settings: _Settings, progress: bool) -> None:
+    """The whole dataset ``name`` into the empty staging ``folder``: the images and labels folders,
+    every subject, ``pairs.csv`` and ``dataset.json``."""
+    os.chmod(folder, default_mode(directory=True))
+    (folder / "images").mkdir()
+    (folder / "labels").mkdir()
+    canvas = _canvas(settings.template, settings.shape)
+    template = _make_template(settings, canvas)
+    _write_subjects(folder, settings, template, canvas, progress)
+    write_pairs(folder, synth_pairs(settings.subjects, settings.n_val, settings.n_test))
+    info = dataset_info(
+        name=name,  # the folder (= config key) names the dataset everywhere
+        description=_DESCRIPTIONS[settings.template],
+        labels=template.names,
+        spacing=settings.spacing,
+        shape=settings.shape,
+        source="generated by crd.data.synth.generate_synth",
+        license="MIT (generated by crd-bench)",
+        citation="",
+        checksums={},
+        generator=settings.generator_params(),
+        intensity="images scaled to [0, 1]",
+    )
+    write_dataset_json(folder, info)
+
+
 def generate_synth(
     out_dir: str | os.PathLike[str],
     *,
@@ -333,80 +429,30 @@ def generate_synth(
     ordered pair of distinct test subjects; val = consecutive pairs of the validation subjects;
     no test or validation subject is in a train pair.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
-    shape = tuple(int(s) for s in shape)
-    spacing = tuple(float(s) for s in spacing)
-    _check_args(
-        template,
-        n_subjects,
-        shape,
-        spacing,
-        n_labels,
-        n_val,
-        n_test,
-        deformation_voxels,
-        n_control,
-        fine_deformation_voxels,
-        fine_control,
+    settings = _Settings(
+        template=template,
+        n_subjects=n_subjects,
+        shape=tuple(int(s) for s in shape),
+        spacing=tuple(float(s) for s in spacing),
+        n_labels=n_labels,
+        n_val=n_val,
+        n_test=n_test,
+        deformation_voxels=deformation_voxels,
+        n_control=n_control,
+        fine_deformation_voxels=fine_deformation_voxels,
+        fine_control=fine_control,
+        seed=seed,
     )
+    settings.check()
     _prepare_target(out_dir, overwrite)
-    params = {
-        "function": "crd.data.synth.generate_synth",
-        "template": template,
-        "n_subjects": n_subjects,
-        "shape": list(shape),
-        "spacing": list(spacing),
-        "n_labels": n_labels,
-        "n_val": n_val,
-        "n_test": n_test,
-        "deformation_voxels": float(deformation_voxels),
-        "n_control": n_control,
-        "fine_deformation_voxels": float(fine_deformation_voxels),
-        "fine_control": fine_control,
-        "seed": seed,
-    }
-    deformation = _Deformation(float(deformation_voxels), n_control, float(fine_deformation_voxels), fine_control)
-
-    subjects = [f"synth_{i:03d}" for i in range(n_subjects)]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     threads = torch.get_num_threads()
     try:
         # 64^3 volumes are too small to gain from intra-op threads, and under a busy scheduler
         # (parallel Snakemake jobs) OpenMP threads only spin: one thread, restored afterwards.
         torch.set_num_threads(1)
-        os.chmod(tmp, default_mode(directory=True))
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        canvas = _canvas(template, shape)
-        crop = tuple(slice((c - s) // 2, (c - s) // 2 + s) for c, s in zip(canvas, shape, strict=True))
-        if template == "anatomy":
-            anatomy = anatomy_template(canvas, seed)
-        else:
-            anatomy = blob_template(canvas, 10 if n_labels is None else n_labels, seed)
-        imaging = _Imaging.of(anatomy)
-        for i, subject in enumerate(tqdm(subjects, desc="synth", disable=not progress)):
-            flow, rng = deformation.draw(canvas, seed, i, subject)
-            image, labels = (a[crop] for a in imaging.subject(flow, rng))
-            write_nifti(tmp / "images" / f"{subject}.nii.gz", image, spacing)
-            write_nifti(tmp / "labels" / f"{subject}.nii.gz", labels, spacing)
-
-        write_pairs(tmp, synth_pairs(subjects, n_val, n_test))
-        info = dataset_info(
-            name=out_dir.name,  # the folder (= config key) names the dataset everywhere
-            description=_DESCRIPTIONS[template],
-            labels=anatomy.names,
-            spacing=spacing,
-            shape=shape,
-            source="generated by crd.data.synth.generate_synth",
-            license="MIT (generated by crd-bench)",
-            citation="",
-            checksums={},
-            generator=params,
-            intensity="images scaled to [0, 1]",
-        )
-        write_dataset_json(tmp, info)
+        _write_dataset(tmp, out_dir.name, settings, progress)
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
