@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from crd.atomic import atomic_targets, check_outputs
-from crd.data.layout import open_dataset, write_nifti
+from crd.data.layout import Dataset, open_dataset, write_nifti
 from crd.errors import CheckpointError
 from crd.metrics import score_pair
 from crd.models.checkpoint import load_model
@@ -71,34 +71,13 @@ def evaluate(
     that contradicts the checkpoint's is an error.
     """
     out = Path(out)
-    example_path = out.parent / f"{out.stem}.example.nii.gz"
-    check_outputs(
-        {"checkpoint": checkpoint, "log": log_file},
-        {"--out": out, "its sidecar": out.with_suffix(".json"), "its example image": example_path},
-        {"dataset folder": data},
-    )
+    example_path = _check_outputs(data, out, checkpoint, log_file)
     setup_logging(log_file)
     dev = select_device(device)
     n_threads = configure_threads(threads)
     dataset = open_dataset(data)
-    trained_on = None
-    if checkpoint is not None:
-        model, payload = load_model(Path(checkpoint), dev)
-        _check_architecture(Path(checkpoint), model, payload, method, model_config)
-        training = payload.get("training") or {}
-        trained_on = training.get("dataset")
-        trained_seed = (training.get("settings") or {}).get("seed")
-        if seed is not None and trained_seed is not None and int(trained_seed) != seed:
-            raise ValueError(f"{checkpoint}: trained with seed {trained_seed}, but seed {seed} was given")
-        seed = seed if seed is not None else trained_seed
-    elif model_config is not None:
-        model = build_model(model_config).to(dev).eval()
-    else:
-        raise ValueError("evaluate needs a checkpoint or a model config")
-    pairs = dataset.pairs_for(split)
-    if not pairs:
-        raise ValueError(f"{dataset.root / 'pairs.csv'}: no {split!r} pairs to evaluate")
-    labels = sorted(dataset.labels)
+    model, seed, trained_on = _load_scored_model(checkpoint, model_config, method, seed, dev)
+    pairs = _pairs_to_score(dataset, split)
     log.info(
         "evaluating %s on %d %s pairs of %s (device %s, %d threads)",
         method,
@@ -109,74 +88,210 @@ def evaluate(
         n_threads,
     )
 
-    rows: list[dict[str, Any]] = []
     n_params = sum(p.numel() for p in model.parameters())
-    rows.append({"fixed": None, "moving": None, "metric": "params", "label": None, "value": n_params})
-    example: dict[str, Any] | None = None
-    example_image: np.ndarray | None = None
+    rows: list[dict[str, Any]] = [{"fixed": None, "moving": None, "metric": "params", "label": None, "value": n_params}]
+    pair_rows, example_image = _score_pairs(model, dataset, pairs, dev, desc=f"evaluate {method}", progress=progress)
+    rows.extend(pair_rows)
 
-    _register(model, *_load_pair(dataset, *pairs[0], dev))  # warm-up, untimed
-    for i, (fixed_id, moving_id) in enumerate(
-        tqdm(pairs, desc=f"evaluate {method}", disable=not progress, mininterval=2.0)
-    ):
-        fixed, moving = _load_pair(dataset, fixed_id, moving_id, dev)
-        moving_labels = dataset.load_labels(moving_id)
-        moving_lab = torch.from_numpy(moving_labels.astype(np.int32))[None, None].to(dev)
-        with measure(dev) as m:
-            flow, warped = _register(model, fixed, moving)
-        with torch.inference_mode():
-            warped_lab = warp(moving_lab, flow, mode="nearest")
-        pair = {"fixed": fixed_id, "moving": moving_id}
+    seed = 0 if seed is None else int(seed)
+    table = _table(rows, dataset=dataset.name, method=method, seed=seed)
+    sidecar = _sidecar(dataset, method=method, seed=seed, split=split, n_pairs=len(pairs), checkpoint=checkpoint,
+                       trained_on=trained_on, model=model, n_params=n_params, device=dev,
+                       example=_example(dataset, *pairs[0], example_path))  # fmt: skip
+    _write_together(out, example_path, table, sidecar, example_image, dataset=dataset, fixed_id=pairs[0][0])
+    _log_summary(method, table, out)
+    return out
+
+
+def _check_outputs(data: Path, out: Path, checkpoint: Path | None, log_file: Path | None) -> Path:
+    """Refuse, before anything is read, outputs (``out``, its sidecar and example image) that clash
+    with an input (:func:`crd.atomic.check_outputs`); returns the example image's path,
+    ``<out stem>.example.nii.gz`` beside ``out``."""
+    example_path = out.parent / f"{out.stem}.example.nii.gz"
+    check_outputs(
+        {"checkpoint": checkpoint, "log": log_file},
+        {"--out": out, "its sidecar": out.with_suffix(".json"), "its example image": example_path},
+        {"dataset folder": data},
+    )
+    return example_path
+
+
+def _load_scored_model(
+    checkpoint: Path | None,
+    model_config: dict[str, Any] | None,
+    method: str,
+    seed: int | None,
+    device: torch.device,
+) -> tuple[nn.Module, int | None, str | None]:
+    """The model to score, on ``device``: from ``checkpoint`` (its architecture checked against
+    ``model_config`` when given, :func:`_check_architecture`), else built from ``model_config``.
+
+    Returns ``(model, seed, trained_on)``: the training seed to record (the given ``seed``, else the
+    checkpoint's; ``None`` when neither is known; a given seed that contradicts the checkpoint's is
+    an error) and the name of the dataset the checkpoint was trained on (``None`` without one)."""
+    if checkpoint is not None:
+        model, payload = load_model(Path(checkpoint), device)
+        _check_architecture(Path(checkpoint), model, payload, method, model_config)
+        training = payload.get("training") or {}
+        trained_on = training.get("dataset")
+        trained_seed = (training.get("settings") or {}).get("seed")
+        if seed is not None and trained_seed is not None and int(trained_seed) != seed:
+            raise ValueError(f"{checkpoint}: trained with seed {trained_seed}, but seed {seed} was given")
+        return model, seed if seed is not None else trained_seed, trained_on
+    if model_config is not None:
+        return build_model(model_config).to(device).eval(), seed, None
+    raise ValueError("evaluate needs a checkpoint or a model config")
+
+
+def _pairs_to_score(dataset: Dataset, split: str) -> list[tuple[str, str]]:
+    """The ``(fixed, moving)`` pairs of ``split``; none is an error."""
+    pairs = dataset.pairs_for(split)
+    if not pairs:
+        raise ValueError(f"{dataset.root / 'pairs.csv'}: no {split!r} pairs to evaluate")
+    return pairs
+
+
+def _score_pairs(
+    model: nn.Module,
+    dataset: Dataset,
+    pairs: list[tuple[str, str]],
+    device: torch.device,
+    *,
+    desc: str,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Register and score every ``(fixed, moving)`` pair, after one untimed warm-up on the first.
+
+    Returns ``(rows, example_image)``: the rows of every pair (:func:`_score_pair`), in order, and
+    the first pair's warped moving image, a ``(D, H, W)`` float32 array."""
+    rows: list[dict[str, Any]] = []
+    example_image: np.ndarray | None = None
+    labels = sorted(dataset.labels)
+    _register(model, *_load_pair(dataset, *pairs[0], device))  # warm-up, untimed
+    for i, (fixed_id, moving_id) in enumerate(tqdm(pairs, desc=desc, disable=not progress, mininterval=2.0)):
+        # ``registered`` (flow, warped image, warped labels) stays bound until the next pair is
+        # scored, so what is resident while a pair is measured (cuda_alloc_peak_mb) is as it was
+        pair_rows, registered = _score_pair(model, dataset, fixed_id, moving_id, labels, device)
+        rows.extend(pair_rows)
+        if i == 0:
+            example_image = registered[1][0, 0].float().cpu().numpy()
+    return rows, example_image
+
+
+def _score_pair(
+    model: nn.Module, dataset: Dataset, fixed_id: str, moving_id: str, labels: list[int], device: torch.device
+) -> tuple[list[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Register one pair, timed (:func:`crd.profiling.measure`), warp the moving labels (nearest)
+    and score it on ``labels`` (:func:`crd.metrics.score_pair`).
+
+    Returns ``(rows, (flow, warped, warped_lab))``: the pair's rows (``fixed, moving, metric,
+    label, value``): the timing and memory values measured (``time_s`` in s, ``peak_rss_mb``,
+    ``cuda_alloc_peak_mb``, ``nvml_peak_mb`` in MB; those not measured are left out), then the
+    metrics; and what registration gave: the field ``(1, 3, D, H, W)`` (voxels), the warped moving
+    image ``(1, 1, D, H, W)`` and the warped moving labels ``(1, 1, D, H, W)`` (int32)."""
+    fixed, moving = _load_pair(dataset, fixed_id, moving_id, device)
+    moving_labels = dataset.load_labels(moving_id)
+    moving_lab = torch.from_numpy(moving_labels.astype(np.int32))[None, None].to(device)
+    with measure(device) as m:
+        flow, warped = _register(model, fixed, moving)
+    with torch.inference_mode():
+        warped_lab = warp(moving_lab, flow, mode="nearest")
+    pair = {"fixed": fixed_id, "moving": moving_id}
+    rows = [
+        {**pair, "metric": metric, "label": None, "value": value}
         for metric, value in (
             ("time_s", m.seconds),
             ("peak_rss_mb", m.peak_rss_mb),
             ("cuda_alloc_peak_mb", m.cuda_alloc_peak_mb),
             ("nvml_peak_mb", m.nvml_peak_mb),
-        ):
-            if value is not None:
-                rows.append({**pair, "metric": metric, "label": None, "value": value})
-        scored = score_pair(
-            dataset.load_labels(fixed_id),
-            moving_labels,
-            warped_lab[0, 0].cpu().numpy(),
-            labels,
-            dataset.spacing,
-            flow=flow[0].float().cpu().numpy(),
         )
-        rows.extend({**pair, **r} for r in scored)
-        if i == 0:
-            example_image = warped[0, 0].float().cpu().numpy()
-            example = {
-                "fixed": fixed_id,
-                "moving": moving_id,
-                "fixed_image": str(dataset.image_path(fixed_id)),
-                "moving_image": str(dataset.image_path(moving_id)),
-                "fixed_labels": str(dataset.label_path(fixed_id)),
-                "warped_image": str(example_path),
-            }
+        if value is not None
+    ]
+    scored = score_pair(
+        dataset.load_labels(fixed_id),
+        moving_labels,
+        warped_lab[0, 0].cpu().numpy(),
+        labels,
+        dataset.spacing,
+        flow=flow[0].float().cpu().numpy(),
+    )
+    rows.extend({**pair, **r} for r in scored)
+    return rows, (flow, warped, warped_lab)
 
-    seed = 0 if seed is None else int(seed)
-    table = pd.DataFrame(rows).assign(dataset=dataset.name, method=method, seed=seed)
-    table["label"] = table["label"].astype("Int64")
-    table = table[list(TABLE_COLUMNS)]
-    sidecar = {
+
+def _example(dataset: Dataset, fixed_id: str, moving_id: str, example_path: Path) -> dict[str, str]:
+    """The sidecar's ``example``: the example pair's ids, its input files and the warped image's path."""
+    return {
+        "fixed": fixed_id,
+        "moving": moving_id,
+        "fixed_image": str(dataset.image_path(fixed_id)),
+        "moving_image": str(dataset.image_path(moving_id)),
+        "fixed_labels": str(dataset.label_path(fixed_id)),
+        "warped_image": str(example_path),
+    }
+
+
+def _sidecar(
+    dataset: Dataset,
+    *,
+    method: str,
+    seed: int,
+    split: str,
+    n_pairs: int,
+    checkpoint: Path | None,
+    trained_on: str | None,
+    model: nn.Module,
+    n_params: int,
+    device: torch.device,
+    example: dict[str, str],
+) -> dict[str, Any]:
+    """The sidecar ``<out>.json``: what was scored (dataset, method, seed, split, pair count,
+    checkpoint, the dataset it was trained on, the distance unit, the model and its parameter
+    count), where (:func:`crd.profiling.device_description`) and the example pair."""
+    return {
         "dataset": dataset.name,
         "method": method,
         "seed": seed,
         "split": split,
-        "n_pairs": len(pairs),
+        "n_pairs": n_pairs,
         "checkpoint": str(checkpoint) if checkpoint else None,
         "trained_on": trained_on,
         "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
         "model": model.config,
         "params": n_params,
-        **device_description(dev),
+        **device_description(device),
         "example": example,
     }
+
+
+def _table(rows: list[dict[str, Any]], *, dataset: str, method: str, seed: int) -> pd.DataFrame:
+    """The rows as the tidy table: columns :data:`crd.tidy.TABLE_COLUMNS`, ``label`` a nullable int."""
+    table = pd.DataFrame(rows).assign(dataset=dataset, method=method, seed=seed)
+    table["label"] = table["label"].astype("Int64")
+    return table[list(TABLE_COLUMNS)]
+
+
+def _write_together(
+    out: Path,
+    example_path: Path,
+    table: pd.DataFrame,
+    sidecar: dict[str, Any],
+    example_image: np.ndarray,
+    *,
+    dataset: Dataset,
+    fixed_id: str,
+) -> None:
+    """Write the example image (``(D, H, W)``, on the grid (affine) of ``dataset``'s image
+    ``fixed_id``, the example's fixed image), the sidecar (``out`` with ``.json``) and the table
+    (``out``), renamed into place together: all of them, or none."""
     with atomic_targets([example_path, out.with_suffix(".json"), out], [".nii.gz", ".json", ".csv"]) as tmps:
-        write_nifti(tmps[0], example_image, affine=dataset.load_affine(pairs[0][0]))
+        write_nifti(tmps[0], example_image, affine=dataset.load_affine(fixed_id))
         tmps[1].write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
         tmps[2].write_text(table.to_csv(index=False), encoding="utf-8")
+
+
+def _log_summary(method: str, table: pd.DataFrame, out: Path) -> None:
+    """Log the mean pair-level Dice and the median time (s) of ``table``."""
     dice = table[(table.metric == "dice") & table.label.isna()]["value"]
     times = table[table.metric == "time_s"]["value"]
     log.info(
@@ -187,7 +302,6 @@ def evaluate(
         times.median(),
         out,
     )
-    return out
 
 
 def _check_architecture(
@@ -204,7 +318,9 @@ def _check_architecture(
         )
 
 
-def _load_pair(dataset, fixed_id: str, moving_id: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_pair(
+    dataset: Dataset, fixed_id: str, moving_id: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed and moving images as ``(1, 1, D, H, W)`` float tensors on ``device``."""
     fixed = torch.from_numpy(dataset.load_image(fixed_id))[None, None].to(device)
     moving = torch.from_numpy(dataset.load_image(moving_id))[None, None].to(device)
@@ -212,7 +328,7 @@ def _load_pair(dataset, fixed_id: str, moving_id: str, device: torch.device) -> 
 
 
 @torch.inference_mode()
-def _register(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor):
+def _register(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference as timed (:func:`crd.models.inference.infer`): the field and the warped moving
     image. Returns ``(flow, warped)``."""
     result = infer(model, fixed, moving)

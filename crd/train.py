@@ -294,6 +294,34 @@ def _write_history(path: Path, records: list[dict[str, float]], *, dataset: str,
     write_text_atomic(path, pd.DataFrame(rows, columns=HISTORY_COLUMNS).to_csv(index=False))
 
 
+@dataclass
+class _Run:
+    """The parts of one training run, built by :func:`_build_run`: where it writes, what it trains
+    and with what, and where it stands (``start``: the iteration it began at, 0 unless resumed;
+    ``history``: one record per checkpoint, iteration 0 first)."""
+
+    out: Path
+    method: str
+    objective: str
+    settings: TrainSettings
+    init: Path | None
+    teacher: Path | None
+    dataset: Dataset
+    device: torch.device
+    threads: int
+    generator: torch.Generator
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    step_loss: TrainingObjective
+    augment: RandomFFD
+    train_pairs: _PairSampler
+    valset: _ValidationSet
+    resume: _Resumable
+    start: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
 def train(
     data: Path,
     out: Path,
@@ -329,6 +357,22 @@ def train(
     """
     settings = settings or TrainSettings()
     out = Path(out)
+    _check_arguments(data, out, objective=objective, init=init, teacher=teacher, log_file=log_file)
+    run = _build_run(data, out, method=method, model_config=model_config, objective=objective, settings=settings,
+                     init=init, teacher=teacher, device=device, threads=threads, log_file=log_file)  # fmt: skip
+    _resume_or_start(run)
+    t0 = time.perf_counter()
+    _take_steps(run, progress)
+    seconds = time.perf_counter() - t0
+    _write_final(run, seconds)
+    return out
+
+
+def _check_arguments(
+    data: Path, out: Path, *, objective: str, init: Path | None, teacher: Path | None, log_file: Path | None
+) -> None:
+    """Refuse, before anything is read or written, an unknown ``objective``, a distillation without
+    a teacher, and outputs (``out`` and its history) that clash with an input or cannot be written."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if objective == "distill" and teacher is None:
@@ -339,6 +383,29 @@ def train(
         {"dataset folder": data},
     )
     check_writable_folder(out.parent, "--out")
+
+
+def _build_run(
+    data: Path,
+    out: Path,
+    *,
+    method: str,
+    model_config: dict[str, Any],
+    objective: str,
+    settings: TrainSettings,
+    init: Path | None,
+    teacher: Path | None,
+    device: str,
+    threads: int | None,
+    log_file: Path | None,
+) -> _Run:
+    """Set up logging, device, threads and seeds, open the dataset, and build the run's parts: the
+    model (initialised from ``init``), the frozen teacher, Adam with its step schedule, the
+    objective, the augmentation, the training pairs, the validation set and the resume file.
+
+    Keep the order: it is the random stream's. Seeding comes first, then everything that draws
+    from torch's global generator (the model's initialisation, the models built to read ``init``
+    and ``teacher``); the pair sampler and the augmentation draw later from the run's generator."""
     setup_logging(log_file)
     dev = select_device(device)
     n_threads = configure_threads(threads)
@@ -348,97 +415,137 @@ def train(
              dev, n_threads)  # fmt: skip
     log.info("settings %s", json.dumps(settings.to_dict()))
 
-    model = build_model(model_config).to(dev)
-    if init is not None:
-        log.info("initialised with %s", initialise_from(model, Path(init)))
-        model.to(dev)
-    teacher_model = None
-    if objective == "distill":
-        teacher_model, _ = load_model(Path(teacher), dev)
-        if not isinstance(teacher_model, DistillableModel) or not isinstance(model, DistillableModel):
-            raise CrdError(f"distillation needs attention maps from both {teacher} and {method}")
-        teacher_model.requires_grad_(False)
-
+    model = _build_student(model_config, init, dev)
+    teacher_model = _load_teacher(teacher, model, method, dev) if objective == "distill" else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, settings.lr_decay)
     step_loss = TrainingObjective(settings, teacher_model)
-    val_loss = step_loss.unsupervised
     augment = RandomFFD(max_displacement=settings.augment_max_displacement, probability=settings.augment_probability)
     train_pairs = _PairSampler(dataset, "train", dev)
     valset = _ValidationSet(dataset, dataset.pairs_for("val")[: settings.val_pairs], dev)
+    run_id = _run_hash({"method": method, "model": model_config, "objective": objective, "settings": settings.to_dict(),
+                        "data": str(dataset.root), "init": str(init), "teacher": str(teacher)})  # fmt: skip
+    resume = _Resumable(out.parent / f".{out.name}.resume", run_id)
+    return _Run(out=out, method=method, objective=objective, settings=settings, init=init, teacher=teacher,
+                dataset=dataset, device=dev, threads=n_threads, generator=generator, model=model, optimizer=optimizer,
+                scheduler=scheduler, step_loss=step_loss, augment=augment, train_pairs=train_pairs, valset=valset,
+                resume=resume)  # fmt: skip
 
-    resume = _Resumable(
-        out.parent / f".{out.name}.resume",
-        _run_hash({"method": method, "model": model_config, "objective": objective, "settings": settings.to_dict(),
-                   "data": str(dataset.root), "init": str(init), "teacher": str(teacher)}),  # fmt: skip
-    )
-    start, history = 0, []
-    state = resume.load()
+
+def _build_student(model_config: dict[str, Any], init: Path | None, device: torch.device) -> nn.Module:
+    """The model of ``model_config`` on ``device``, its weights from ``init`` when given
+    (:func:`initialise_from`, logged)."""
+    model = build_model(model_config).to(device)
+    if init is not None:
+        log.info("initialised with %s", initialise_from(model, Path(init)))
+        model.to(device)
+    return model
+
+
+def _load_teacher(teacher: Path, student: nn.Module, method: str, device: torch.device) -> nn.Module:
+    """The frozen teacher of a distillation, from the checkpoint ``teacher``, on ``device``;
+    teacher and student must both give attention maps (:class:`DistillableModel`)."""
+    teacher_model, _ = load_model(Path(teacher), device)
+    if not isinstance(teacher_model, DistillableModel) or not isinstance(student, DistillableModel):
+        raise CrdError(f"distillation needs attention maps from both {teacher} and {method}")
+    teacher_model.requires_grad_(False)
+    return teacher_model
+
+
+def _resume_or_start(run: _Run) -> None:
+    """Restore the run's last saved state (model, optimiser, schedule, both RNG states, iteration,
+    history) when its resume file belongs to this run; otherwise record iteration 0: the model's
+    validation score before any step (for a fine-tuned model: its init's)."""
+    state = run.resume.load()
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        start, history = state["iteration"], list(state.get("history", []))
-        log.info("resumed from %s at iteration %d", resume.path, start)
-    else:  # the starting point, before any step (for a fine-tuned model: its init's score)
-        history.append({"iteration": 0, **_validate(model, valset, val_loss)})
+        run.start, run.history = state["iteration"], list(state.get("history", []))
+        log.info("resumed from %s at iteration %d", run.resume.path, run.start)
+    else:
+        run.history.append({"iteration": 0, **_validate(run.model, run.valset, run.step_loss.unsupervised)})
 
-    t0 = time.perf_counter()
-    model.train()
-    bar = tqdm(range(start, settings.iterations), initial=start, total=settings.iterations, desc=f"train {method}",
-               disable=not progress, mininterval=2.0, dynamic_ncols=True)  # fmt: skip
+
+def _take_steps(run: _Run, progress: bool) -> None:
+    """The step loop, from ``run.start`` to ``settings.iterations``, with a progress bar (on stderr
+    when ``progress``); a non-finite loss is an error; every ``checkpoint_every`` iterations and at
+    the last, a record (:func:`_record_checkpoint`)."""
+    settings = run.settings
+    run.model.train()
+    bar = tqdm(range(run.start, settings.iterations), initial=run.start, total=settings.iterations,
+               desc=f"train {run.method}", disable=not progress, mininterval=2.0, dynamic_ncols=True)  # fmt: skip
     for it in bar:
         done = it + 1
         record_now = done % settings.checkpoint_every == 0 or done == settings.iterations
-        fixed, moving = train_pairs.batch(settings.batch_size, generator)
-        moving = augment(moving, generator)
-        lr_used = optimizer.param_groups[0]["lr"]
-        terms, grad_norms = optimiser_step(step_loss, model, optimizer, fixed, moving, settings.grad_clip,
-                                           gradient_norms=record_now)  # fmt: skip
-        scheduler.step()
+        terms, grad_norms, lr_used = _take_step(run, gradient_norms=record_now)
         loss = terms.total.item()
         if not np.isfinite(loss):
-            raise CrdError(f"training {method} diverged at iteration {done} (loss {loss})")
+            raise CrdError(f"training {run.method} diverged at iteration {done} (loss {loss})")
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if record_now:
-            record = {"iteration": done, "loss": loss, **terms.parts, **grad_norms, "learning_rate": lr_used,
-                      **_validate(model, valset, val_loss)}  # fmt: skip
-            history.append(record)
-            log.info("iter %d/%d %s", done, settings.iterations,
-                     " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))  # fmt: skip
-            model.train()
-            if done < settings.iterations:
-                resume.save(iteration=done, history=history, model=model.state_dict(),
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            generator=generator.get_state(), torch_rng=torch.get_rng_state())  # fmt: skip
+            _record_checkpoint(run, done, loss, terms, {**grad_norms, "learning_rate": lr_used})
     bar.close()
-    seconds = time.perf_counter() - t0
-    model.eval()
-    _write_history(history_path(out), history, dataset=dataset.name, method=method, seed=settings.seed)
+
+
+def _take_step(run: _Run, *, gradient_norms: bool) -> tuple[LossTerms, dict[str, float], float]:
+    """One step on a random batch (``(batch_size, 1, D, H, W)`` pairs, the moving images augmented),
+    then the schedule's step. Returns ``(terms, grad_norms, lr)``: the loss terms, each term's
+    gradient norm when ``gradient_norms`` (else ``{}``), and the learning rate the step used."""
+    fixed, moving = run.train_pairs.batch(run.settings.batch_size, run.generator)
+    moving = run.augment(moving, run.generator)
+    lr_used = run.optimizer.param_groups[0]["lr"]
+    terms, grad_norms = optimiser_step(run.step_loss, run.model, run.optimizer, fixed, moving, run.settings.grad_clip,
+                                       gradient_norms=gradient_norms)  # fmt: skip
+    run.scheduler.step()
+    return terms, grad_norms, lr_used
+
+
+def _record_checkpoint(run: _Run, done: int, loss: float, terms: LossTerms, step_values: dict[str, float]) -> None:
+    """After iteration ``done``: append its history record (loss, its terms, ``step_values``: the
+    gradient norms and learning rate, then the validation scores), log it, and, unless it is the
+    last iteration, save the resumable state."""
+    record = {"iteration": done, "loss": loss, **terms.parts, **step_values,
+              **_validate(run.model, run.valset, run.step_loss.unsupervised)}  # fmt: skip
+    run.history.append(record)
+    log.info("iter %d/%d %s", done, run.settings.iterations,
+             " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))  # fmt: skip
+    run.model.train()
+    if done < run.settings.iterations:
+        run.resume.save(iteration=done, history=run.history, model=run.model.state_dict(),
+                        optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                        generator=run.generator.get_state(), torch_rng=torch.get_rng_state())  # fmt: skip
+
+
+def _write_final(run: _Run, seconds: float) -> None:
+    """Write the history table and the self-describing checkpoint (``seconds``: this run's time in
+    the step loop, s), then remove the resume file."""
+    run.model.eval()
+    settings, dataset = run.settings, run.dataset
+    _write_history(history_path(run.out), run.history, dataset=dataset.name, method=run.method, seed=settings.seed)
     save_checkpoint(
-        out,
-        model,
-        method=method,
+        run.out,
+        run.model,
+        method=run.method,
         training={
-            "objective": objective,
+            "objective": run.objective,
             "settings": settings.to_dict(),
             "data": str(dataset.root),
             "dataset": dataset.name,
-            "init": str(init) if init else None,
-            "teacher": str(teacher) if teacher else None,
-            "device": str(dev),
-            "threads": n_threads,
+            "init": str(run.init) if run.init else None,
+            "teacher": str(run.teacher) if run.teacher else None,
+            "device": str(run.device),
+            "threads": run.threads,
             "seconds_this_run": round(seconds, 2),
-            "resumed_at": start,
-            "history": history,
+            "resumed_at": run.start,
+            "history": run.history,
         },
     )
-    resume.remove()
-    log.info("wrote %s after %d iterations (%.1f s this run)", out, settings.iterations, seconds)
-    return out
+    run.resume.remove()
+    log.info("wrote %s after %d iterations (%.1f s this run)", run.out, settings.iterations, seconds)
 
 
 class _ValidationSet:
