@@ -157,13 +157,36 @@ def qualitative(results: list[MethodResult]) -> tuple[str | None, str | None, li
     Returns ``(png_base64 or None, caption, notes)``.
     """
     notes: list[str] = []
+    loaded = _example_panels(results, notes)
+    if loaded is None:
+        return None, None, notes
+    pair, panels, labels = loaded
+    fig, lo, hi = _slice_figure(panels, labels)
+    caption = (
+        f"Example pair fixed {pair[0]}, moving {pair[1]}: middle slices along axes 0 and 1; "
+        f"grayscale window [{fmt_num(lo)}, {fmt_num(hi)}] (1st–99th percentile of the fixed "
+        "image) for every panel"
+    )
+    caption += "; red: fixed label outlines." if labels is not None else "."
+    return _png(fig), caption, notes
+
+
+_Panel = tuple[str, np.ndarray, tuple[float, float, float]]  # title, (D, H, W) volume, spacing (mm)
+
+
+def _example_panels(
+    results: list[MethodResult], notes: list[str]
+) -> tuple[tuple[str, str], list[_Panel], np.ndarray | None] | None:
+    """Read the example pair (fixed, moving, their labels) and each method's warped image from
+    the sidecars; what cannot be shown is explained in ``notes``. Returns ``(pair, panels, fixed
+    labels or None)``, the fixed image first, or ``None`` when there is nothing to show."""
     examples = [(s, s.tables[0].sidecar.get("example")) for s in results]
     lacking = [s.method for s, ex in examples if not ex]
     if lacking:
         notes.append("no example in the sidecar for: " + ", ".join(lacking))
     examples = [(s, ex) for s, ex in examples if ex]
     if not examples:
-        return None, None, notes
+        return None
     ref = examples[0][1]
     pair = (str(ref.get("fixed")), str(ref.get("moving")))
     try:
@@ -171,7 +194,7 @@ def qualitative(results: list[MethodResult]) -> tuple[str | None, str | None, li
         moving, mzooms = _load_nifti(ref["moving_image"])
     except (KeyError, OSError, ValueError, TypeError) as err:
         notes.append(f"example pair images could not be read ({err})")
-        return None, None, notes
+        return None
     labels = None
     if ref.get("fixed_labels"):
         try:
@@ -181,10 +204,7 @@ def qualitative(results: list[MethodResult]) -> tuple[str | None, str | None, li
                 labels = None
         except (OSError, ValueError) as err:
             notes.append(f"fixed labels could not be read ({err}); contours omitted")
-    panels: list[tuple[str, np.ndarray, tuple[float, float, float]]] = [
-        (f"fixed {pair[0]}", fixed, zooms),
-        (f"moving {pair[1]}", moving, mzooms),
-    ]
+    panels: list[_Panel] = [(f"fixed {pair[0]}", fixed, zooms), (f"moving {pair[1]}", moving, mzooms)]
     for s, ex in examples:
         if (str(ex.get("fixed")), str(ex.get("moving"))) != pair:
             notes.append(
@@ -201,7 +221,14 @@ def qualitative(results: list[MethodResult]) -> tuple[str | None, str | None, li
             notes.append(f"{s.method}: warped image shape {warped.shape} != fixed {fixed.shape}; not shown")
             continue
         panels.append((f"{s.method} (warped)", warped, zooms))
+    return pair, panels, labels
 
+
+def _slice_figure(panels: list[_Panel], labels: np.ndarray | None) -> tuple[Any, float, float]:
+    """Middle slices along axes 0 and 1 of every panel (one column each), one grayscale window
+    (the fixed image's 1st-99th percentile) for all, label outlines when given. Returns
+    ``(figure, window low, window high)``."""
+    _, fixed, zooms = panels[0]
     fixed_f = np.asarray(fixed, dtype=np.float32)
     lo, hi = (float(v) for v in np.percentile(fixed_f, [1, 99]))
     if hi <= lo:
@@ -231,13 +258,7 @@ def qualitative(results: list[MethodResult]) -> tuple[str | None, str | None, li
                 ax.set_title(name, fontsize=9)
             if c == 0:
                 ax.set_ylabel(f"axis {axis}, slice {mid}", fontsize=8)
-    caption = (
-        f"Example pair fixed {pair[0]}, moving {pair[1]}: middle slices along axes 0 and 1; "
-        f"grayscale window [{fmt_num(lo)}, {fmt_num(hi)}] (1st–99th percentile of the fixed "
-        "image) for every panel"
-    )
-    caption += "; red: fixed label outlines." if labels is not None else "."
-    return _png(fig), caption, notes
+    return fig, lo, hi
 
 
 def pair_distribution(results: list[MethodResult], colours: dict[str, Any], metric: str = "dice") -> str | None:
