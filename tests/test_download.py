@@ -127,6 +127,18 @@ def test_416_that_does_not_confirm_the_part_restarts(tmp_path, part, always_416,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip"]
 
 
+def _resume_is_refused_and_restarted(tmp_path, knobs):
+    """A .part of HAVE bytes; the server's 206 reply, bent by ``knobs``, does not continue it: the
+    part is discarded, the download starts again from byte 0 and ends with the served bytes."""
+    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:HAVE])
+    with serve({"/a.zip": PAYLOAD}) as srv:
+        for key, value in knobs.items():
+            setattr(srv, key, value)
+        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
+        assert path.read_bytes() == PAYLOAD
+        assert _starts_again(srv.log, "/a.zip") and srv.log[0][2] == 206
+
+
 @pytest.mark.parametrize("knobs", [
     {"range_start": 0},  # 206 with the whole file
     {"range_start": 5000},  # 206 from another offset
@@ -135,13 +147,7 @@ def test_416_that_does_not_confirm_the_part_restarts(tmp_path, part, always_416,
     {"content_range": f"bytes 0-{LAST}/{len(PAYLOAD)}"},  # says another start than it sends
 ], ids=["from-0", "from-5000", "missing", "unparseable", "wrong-header"])
 def test_206_that_does_not_continue_the_part_restarts(tmp_path, knobs):
-    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:HAVE])
-    with serve({"/a.zip": PAYLOAD}) as srv:
-        for key, value in knobs.items():
-            setattr(srv, key, value)
-        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
-        assert path.read_bytes() == PAYLOAD
-        assert _starts_again(srv.log, "/a.zip") and srv.log[0][2] == 206
+    _resume_is_refused_and_restarted(tmp_path, knobs)
 
 
 @pytest.mark.parametrize("knobs", [
@@ -150,13 +156,7 @@ def test_206_that_does_not_continue_the_part_restarts(tmp_path, knobs):
     {"content_range": f"bytes {HAVE}-{LAST - 100}/{len(PAYLOAD)}"},  # Content-Length says more
 ], ids=["oversend", "total-too-small", "length-disagrees"])
 def test_more_bytes_than_announced_restarts(tmp_path, knobs):
-    (tmp_path / "a.zip.part").write_bytes(PAYLOAD[:HAVE])
-    with serve({"/a.zip": PAYLOAD}) as srv:
-        for key, value in knobs.items():
-            setattr(srv, key, value)
-        path = fetch(Source(f"{srv.url}/a.zip", "a.zip", None), tmp_path, progress=False)
-        assert path.read_bytes() == PAYLOAD
-        assert _starts_again(srv.log, "/a.zip") and srv.log[0][2] == 206
+    _resume_is_refused_and_restarted(tmp_path, knobs)
 
 
 @pytest.mark.parametrize("knobs", [
