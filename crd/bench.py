@@ -241,6 +241,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     from crd.runtime import configure_threads, select_device
 
     t_case = time.perf_counter()
+    if case.get("method_files"):
+        from crd.methods import load_method
+        from crd.models.registration import use_method_models
+
+        use_method_models(load_method(Path(p)) for p in case["method_files"])
     configure_threads(case.get("threads"))
     device = select_device(case["device"])
     option = case["option"]
@@ -304,8 +309,10 @@ def _isolated(isolate: str, dev: torch.device) -> bool:
 def _benchable_specs(methods_dir: Path, methods: list[str]) -> dict[str, MethodSpec]:
     """The specs of ``methods`` (teachers included); ``ValueError`` for a method without a model."""
     from crd.methods import load_methods
+    from crd.models.registration import use_method_models
 
     specs = load_methods(Path(methods_dir), list(methods))
+    use_method_models(specs.values())
     for name in methods:
         if specs[name].model is None:
             raise ValueError(f"method {name!r} brings its own rules and no model config: it cannot be benched")
@@ -356,6 +363,8 @@ def _cases(
                     "training": spec.training,
                     "teacher_model": specs[spec.teacher].model if spec.teacher else None,
                     "teacher_checkpoint": _checkpoint(checkpoints_dir, spec.teacher) if spec.teacher else None,
+                    # method files that bring their own network, so a case in a subprocess can build it
+                    "method_files": [str(s.path) for s in specs.values() if s.builder is not None],
                 }
 
 

@@ -54,6 +54,8 @@ def _model_from_args(args: argparse.Namespace) -> tuple[dict[str, Any] | None, A
     from crd.methods import load_method
 
     spec = load_method(Path(args.method_file)) if args.method_file else None
+    if spec is not None:
+        _use_method_models(spec)
     if args.model:
         try:
             model = json.loads(args.model)
@@ -62,6 +64,15 @@ def _model_from_args(args: argparse.Namespace) -> tuple[dict[str, Any] | None, A
     else:
         model = spec.model if spec else None
     return model, spec
+
+
+def _use_method_models(spec: Any) -> None:
+    """Make buildable the networks that ``spec``'s file and the methods it needs (init, teacher;
+    from the same folder) bring with their own ``build_model``."""
+    from crd.methods import load_methods
+    from crd.models.registration import use_method_models
+
+    use_method_models([spec, *load_methods(spec.path.parent, spec.needs).values()] if spec.needs else [spec])
 
 
 def _method_name(args: argparse.Namespace, spec: Any) -> str:
@@ -211,7 +222,14 @@ def _cmd_methods(args: argparse.Namespace) -> None:
     for name, spec in load_methods(Path(args.folder)).items():
         needs = f" (needs {', '.join(spec.needs)})" if spec.needs else ""
         first = spec.description.splitlines()[0] if spec.description else ""
-        print(f"{name:10s} {spec.training or 'no training':12s} {first}{needs}")
+        print(f"{name:10s} {spec.training or 'no training':12s} {_route(spec):16s} {first}{needs}")
+
+
+def _route(spec: Any) -> str:
+    """How a method plugs in: a crd-bench network, its own network (build_model), or its own rules."""
+    if spec.rule_file is not None:
+        return "own rule file"
+    return "own network" if spec.builder is not None else "crd-bench model"
 
 
 def _cmd_import_official(args: argparse.Namespace) -> None:
@@ -221,8 +239,11 @@ def _cmd_import_official(args: argparse.Namespace) -> None:
 
 
 def _cmd_register(args: argparse.Namespace) -> None:
+    from crd.methods import load_method
     from crd.register import register
 
+    if args.method_file:
+        _use_method_models(load_method(Path(args.method_file)))
     result = register(
         Path(args.checkpoint),
         Path(args.fixed),
@@ -468,6 +489,10 @@ def _add_register_parser(sub: argparse._SubParsersAction) -> None:
     rg.add_argument("--out-warped-labels", help="warped label map to write (with --moving-labels)")
     rg.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
     rg.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    rg.add_argument(
+        "--method-file",
+        help="the method file (baselines/<name>.py) of a checkpoint whose network that file brings (build_model)",
+    )
     rg.add_argument(
         "--normalisation",
         choices=["minmax", "none"],

@@ -10,6 +10,13 @@ description) and these names (only ``MODEL`` is required)::
     TEACHER = None                             # frozen teacher method ("distill" only)
     TRAIN = {}                                 # overrides of config.yaml's train settings
 
+A method can bring its own network: a ``MODEL`` whose ``kind`` is not one of crd-bench's and a
+function ``build_model(config) -> torch.nn.Module`` in the same file (import torch inside it, so
+that the workflow can read the file without torch). The network follows the contract of
+``crd.models.contract`` (``model(fixed, moving)`` -> field, ``size_multiple``, ``config``); its
+checkpoints rebuild wherever the method file is given (``--method-file``, or the workflow), never
+from code named in a checkpoint.
+
 A method may also bring ``baselines/<name>.smk``: a Snakemake rule file that produces
 ``results/{dataset}/eval/<name>.csv`` (+ ``.json``) itself; the generic train/evaluate rules then
 leave that method alone. The file name is the method name everywhere (config, wildcards, tables).
@@ -21,6 +28,7 @@ without torch.
 from __future__ import annotations
 
 import runpy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,7 @@ class MethodSpec:
     teacher: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
     rule_file: Path | None = None
+    builder: Callable[[dict[str, Any]], Any] | None = None
 
     @property
     def needs(self) -> list[str]:
@@ -89,8 +98,13 @@ def load_method(path: Path) -> MethodSpec:
     train = ns.get("TRAIN", {}) or {}
     if not isinstance(train, dict):
         raise MethodError(f"{path}: TRAIN must be a dict of train-setting overrides, got {train!r}")
+    builder = ns.get("build_model")
+    if builder is not None and not callable(builder):
+        raise MethodError(f"{path}: build_model must be a function build_model(config) -> model")
+    if builder is not None and model is None:
+        raise MethodError(f"{path}: build_model needs a MODEL dict (its config, with a 'kind')")
     description = (ns.get("__doc__") or "").strip()
-    return MethodSpec(name, path, description, model, training, init, teacher, dict(train), rule_file)
+    return MethodSpec(name, path, description, model, training, init, teacher, dict(train), rule_file, builder)
 
 
 def load_methods(folder: Path, names: list[str] | None = None) -> dict[str, MethodSpec]:

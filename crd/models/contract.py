@@ -43,9 +43,9 @@ class DistillableModel(RegistrationModel, Protocol):
 
 
 def check_model(model: Any, what: str) -> RegistrationModel:
-    """Raise ``TypeError`` naming ``what`` and the missing members unless ``model`` follows
-    :class:`RegistrationModel`; returns it."""
+    """Raise ``ValueError`` (a one-line user error) naming ``what`` and the missing members unless
+    ``model`` follows :class:`RegistrationModel`; returns it."""
     if not isinstance(model, RegistrationModel):
         missing = [m for m in ("size_multiple", "config", "__call__") if not hasattr(model, m)]
-        raise TypeError(f"{what}: not a registration model (missing {', '.join(missing)})")
+        raise ValueError(f"{what}: not a registration model (missing {', '.join(missing)})")
     return model

@@ -18,6 +18,8 @@ and 1/16 of the input, fine to coarse, so that any teacher's maps pair with the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,8 @@ __all__ = [
     "IdentityNet",
     "attention_map",
     "MODEL_KINDS",
+    "PLUGIN_KINDS",
+    "use_method_models",
     "build_model",
 ]
 
@@ -213,6 +217,29 @@ MODEL_KINDS: dict[str, type[nn.Module]] = {
 }
 
 
+#: model kinds brought by method files (``build_model`` in ``baselines/<name>.py``), by kind:
+#: (builder, method file). Filled by :func:`use_method_models`, never from a checkpoint.
+PLUGIN_KINDS: dict[str, tuple[Callable[[dict[str, Any]], nn.Module], Path]] = {}
+
+
+def use_method_models(specs: Iterable[Any]) -> None:
+    """Make the networks that method files bring buildable in this process: for each method spec
+    (:class:`crd.methods.MethodSpec`) with a ``build_model``, its ``MODEL['kind']`` (the latest
+    files given define a kind). A kind that is crd-bench's own, or that two different files given
+    together define, is an error naming both."""
+    given: dict[str, Path] = {}
+    for spec in specs:
+        if spec.builder is None or spec.model is None:
+            continue
+        kind, path = spec.model["kind"], Path(spec.path)
+        if kind in MODEL_KINDS:
+            raise ValueError(f"{path}: model kind {kind!r} is crd-bench's own; give your network another kind")
+        if kind in given and given[kind].resolve() != path.resolve():
+            raise ValueError(f"{path}: model kind {kind!r} is also defined by {given[kind]}")
+        given[kind] = path
+        PLUGIN_KINDS[kind] = (spec.builder, path)
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """Build a model from its config, e.g. ``{"kind": "lowres", "width": 1.0, "factor": 2}``.
 
@@ -221,8 +248,19 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     if not isinstance(config, dict) or "kind" not in config:
         raise ValueError(f"a model config is a mapping with a 'kind' key, got {config!r}")
     kind = config["kind"]
+    if kind in PLUGIN_KINDS:
+        builder, source = PLUGIN_KINDS[kind]
+        try:
+            model = builder(dict(config))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: build_model({config}) failed: {exc}") from None
+        check_model(model, f"{source}: build_model({config})")
+        return model
     if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known kinds: {', '.join(MODEL_KINDS)}")
+        raise ValueError(
+            f"unknown model kind {kind!r}; known kinds: {', '.join([*MODEL_KINDS, *PLUGIN_KINDS])} (a network "
+            "that a method file brings is known once that file is given, e.g. with --method-file)"
+        )
     kwargs = {k: v for k, v in config.items() if k != "kind"}
     try:
         model = MODEL_KINDS[kind](**kwargs)
