@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from crd.methods import MethodError, load_method, load_methods, training_order
-from crd.models.registration import build_model
+from crd.models.registration import build_model, use_method_models
 from crd.train import TrainSettings
 from repo_paths import REPO
 
 PLUGINS = sorted((REPO / "baselines").glob("*.py"))
+use_method_models(load_method(p) for p in PLUGINS)  # the networks method files bring (fourier-net)
 
 
 def test_the_first_method_set_is_there():

@@ -113,3 +113,31 @@ def test_crd_methods_shows_each_route(plugin, capsys):
     assert main(["methods", "--folder", str(plugin.parent)]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "own network" in lines["tiny-net"] and "crd-bench model" in lines["hr"]
+
+
+def test_fourier_net_decoder_is_band_limited_interpolation():
+    """baselines/fourier-net.py: zero-padding the centred spectrum keeps a constant and reproduces
+    a sinusoid below the small grid's Nyquist frequency on the full grid (to float precision)."""
+    import math
+    import runpy
+
+    import torch
+
+    upsample = runpy.run_path(str(REPO / "baselines" / "fourier-net.py"))["band_limited_upsample"]
+    constant = torch.full((1, 3, 8, 16, 12), 2.5)
+    assert torch.allclose(upsample(constant, (32, 64, 48)), torch.full((1, 3, 32, 64, 48), 2.5), atol=1e-5)
+    w = torch.arange(48) / 48
+    wave = torch.sin(2 * math.pi * 3 * w) + 0.5 * torch.cos(2 * math.pi * 1 * w)
+    small = wave[::4].view(1, 1, 1, 1, 12).expand(1, 1, 8, 16, 12)
+    assert torch.allclose(upsample(small, (32, 64, 48))[0, 0, 5, 7], wave, atol=1e-5)
+
+
+def test_fourier_net_is_an_own_network_smaller_than_hr():
+    from crd.models.registration import build_model, use_method_models
+
+    spec = load_method(REPO / "baselines" / "fourier-net.py")
+    use_method_models([spec])
+    model = build_model(spec.model)
+    hr = build_model(load_method(REPO / "baselines" / "hr.py").model)
+    assert spec.builder is not None and model.size_multiple == 16
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in hr.parameters())
