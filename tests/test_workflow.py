@@ -333,3 +333,20 @@ def test_test_only_set_is_scored_with_the_models_of_train_on(tmp_path):
     report = (tmp_path / "results" / "report.html").read_text()
     assert "models trained on another dataset (train_on): lr on lits." in report
     assert "HD95 and ASSD are in voxels, not mm" in report
+
+
+@pytest.mark.parametrize(
+    ("layer", "expected"),
+    [("config/outside.yaml", {"train": 6, "evaluate": 7}), ("config/full.yaml", {"train": 30, "evaluate": 33})],
+)
+def test_layered_configs_dry_run(tmp_path, layer, expected):
+    """The documented layers on config.yaml build their DAG (fourier-net, a network its method file
+    brings, among the methods)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(REPO / "config.yaml"), str(REPO / layer), "--cores", "2", "-n"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert "fourier-net" in text
+    for rule, count in expected.items():
+        assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
