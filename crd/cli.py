@@ -184,7 +184,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     model, spec = _model_from_args(args)
     method = _method_name(args, spec)
-    if args.checkpoint is None and model is None:
+    register_pair = spec.register_pair if spec is not None and model is None else None
+    if args.checkpoint is None and model is None and register_pair is None:
         raise ValueError("give --checkpoint, or --method-file/--model for a method without weights")
     evaluate(
         Path(args.data),
@@ -198,6 +199,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         threads=args.threads,
         log_file=args.log,
         progress=not args.no_progress,
+        register_pair=register_pair,
+        method_file=spec.path if spec is not None else None,
     )
 
 
@@ -219,10 +222,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
 def _cmd_methods(args: argparse.Namespace) -> None:
     from crd.methods import load_methods
 
-    for name, spec in load_methods(Path(args.folder)).items():
+    specs = load_methods(Path(args.folder))
+    width = max((len(name) for name in specs), default=0)
+    for name, spec in specs.items():
         needs = f" (needs {', '.join(spec.needs)})" if spec.needs else ""
         first = spec.description.splitlines()[0] if spec.description else ""
-        print(f"{name:10s} {spec.training or 'no training':12s} {_route(spec):16s} {first}{needs}")
+        print(f"{name:{width}s} {spec.training or 'no training':12s} {_route(spec):15s} {first}{needs}")
 
 
 def _route(spec: Any) -> str:

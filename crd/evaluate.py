@@ -7,18 +7,24 @@ Output (one per dataset, method and training seed):
   Metrics: see :func:`crd.metrics.score_pair`
   plus ``time_s`` (predict the field + warp the moving image, seconds), ``peak_rss_mb`` (CPU RSS
   above the process baseline during that call, MB), ``cuda_alloc_peak_mb`` and ``nvml_peak_mb``
-  (CUDA only) and ``params``.
+  (CUDA only) and ``params`` (networks only).
 - ``<out>.json``: the sidecar: device, versions, threads, checkpoint, and the example pair.
 - ``<out stem>.example.nii.gz``: the warped moving image of the first pair (qualitative figure).
 
 The first pair is registered once untimed as a warm-up, so no timing includes one-off start-up
 costs (allocations, lazy initialisation). Each pair is then registered once, timed.
+
+A method is a network (a checkpoint, or a model config for methods without weights) or, for a
+method without one (a classical tool, ``MODEL = None``), its method file's ``register_pair``
+function (:mod:`crd.methods`): both are timed, warped and scored by the same code.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +50,20 @@ __all__ = ["evaluate"]
 
 log = logging.getLogger("crd.evaluate")
 
+Register = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(fixed, moving) -> (flow, warped)``: images ``(1, 1, D, H, W)``; the field ``(1, 3, D, H, W)``
+(voxels of the fixed grid) and the warped moving image ``(1, 1, D, H, W)``."""
+
+
+@dataclass(frozen=True)
+class ScoredMethod:
+    """What is scored: how it registers a pair, its parameter count (``None``: no network) and what
+    the sidecar records as its ``model`` (the network's config, or the method file)."""
+
+    register: Register
+    params: int | None
+    config: dict[str, Any]
+
 
 def evaluate(
     data: Path,
@@ -58,12 +78,17 @@ def evaluate(
     threads: int | None = None,
     log_file: Path | None = None,
     progress: bool = True,
+    register_pair: Callable[..., Any] | None = None,
+    method_file: Path | None = None,
 ) -> Path:
     """Evaluate ``method`` on the ``split`` pairs of the dataset at ``data``; write ``out`` (CSV).
 
     The model comes from ``checkpoint`` or, for methods without weights (``identity``), from
     ``model_config``; given both, the checkpoint's model must be ``model_config`` (a checkpoint of
-    another architecture is refused, not scored under ``method``'s name). Nothing is written
+    another architecture is refused, not scored under ``method``'s name). A method without a
+    network gives instead its ``register_pair(fixed, moving, *, spacing, seed, threads)`` (from its
+    ``method_file``, :mod:`crd.methods`), called on the CPU with ``(D, H, W)`` float32 arrays and
+    returning the field ``(3, D, H, W)`` in voxels; ``seed`` is passed on. Nothing is written
     until every pair is scored; then the table, its sidecar and the example image are renamed into
     place together. No output may be the checkpoint, the log or lie inside the dataset folder.
     Images are fed as stored (scaled to [0, 1] by preprocessing). ``seed``: the
@@ -76,7 +101,14 @@ def evaluate(
     dev = select_device(device)
     n_threads = configure_threads(threads)
     dataset = open_dataset(data)
-    model, seed, trained_on = _load_scored_model(checkpoint, model_config, method, seed, dev)
+    if register_pair is not None:
+        if checkpoint is not None or model_config is not None:
+            raise ValueError(f"{method_file}: a method with register_pair has no network: give no checkpoint or model")
+        seed = 0 if seed is None else int(seed)
+        scored, trained_on = _external_method(register_pair, dataset, seed, n_threads, method_file), None
+    else:
+        model, seed, trained_on = _load_scored_model(checkpoint, model_config, method, seed, dev)
+        scored = _network_method(model)
     pairs = _pairs_to_score(dataset, split)
     log.info(
         "evaluating %s on %d %s pairs of %s (device %s, %d threads)",
@@ -88,15 +120,18 @@ def evaluate(
         n_threads,
     )
 
-    n_params = sum(p.numel() for p in model.parameters())
-    rows: list[dict[str, Any]] = [{"fixed": None, "moving": None, "metric": "params", "label": None, "value": n_params}]
-    pair_rows, example_image = _score_pairs(model, dataset, pairs, dev, desc=f"evaluate {method}", progress=progress)
+    rows: list[dict[str, Any]] = []
+    if scored.params is not None:
+        rows.append({"fixed": None, "moving": None, "metric": "params", "label": None, "value": scored.params})
+    pair_rows, example_image = _score_pairs(
+        scored.register, dataset, pairs, dev, desc=f"evaluate {method}", progress=progress
+    )
     rows.extend(pair_rows)
 
     seed = 0 if seed is None else int(seed)
     table = _table(rows, dataset=dataset.name, method=method, seed=seed)
     sidecar = _sidecar(dataset, method=method, seed=seed, split=split, n_pairs=len(pairs), checkpoint=checkpoint,
-                       trained_on=trained_on, model=model, n_params=n_params, device=dev,
+                       trained_on=trained_on, scored=scored, device=dev,
                        example=_example(dataset, *pairs[0], example_path))  # fmt: skip
     _write_together(out, example_path, table, sidecar, example_image, dataset=dataset, fixed_id=pairs[0][0])
     _log_summary(method, table, out)
@@ -143,6 +178,57 @@ def _load_scored_model(
     raise ValueError("evaluate needs a checkpoint or a model config")
 
 
+def _network_method(model: nn.Module) -> ScoredMethod:
+    """A network scored by inference as timed (:func:`crd.models.inference.infer`)."""
+
+    @torch.inference_mode()
+    def register(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result = infer(model, fixed, moving)
+        return result.flow, result.warped
+
+    return ScoredMethod(register, sum(p.numel() for p in model.parameters()), model.config)
+
+
+def _external_method(
+    register_pair: Callable[..., Any], dataset: Dataset, seed: int, threads: int, method_file: Path | None
+) -> ScoredMethod:
+    """A method without a network: its ``register_pair`` gives the field (on the CPU, as numpy),
+    which is checked (:func:`_checked_field`) and then warps the moving image as for a network."""
+    spacing = tuple(float(s) for s in dataset.spacing)
+    source = str(method_file or "register_pair")
+
+    def register(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            field = register_pair(
+                fixed[0, 0].float().cpu().numpy(), moving[0, 0].float().cpu().numpy(),
+                spacing=spacing, seed=seed, threads=threads,
+            )  # fmt: skip
+        except ImportError as exc:  # the method's tool is not installed here: say so in one line
+            raise ValueError(f"{source}: {exc}") from None
+        flow = torch.from_numpy(_checked_field(field, tuple(fixed.shape[2:]), source))[None].to(fixed.device)
+        with torch.inference_mode():
+            return flow, warp(moving, flow)
+
+    return ScoredMethod(register, None, {"kind": "external", "method_file": source})
+
+
+def _checked_field(field: Any, shape: tuple[int, ...], source: str) -> np.ndarray:
+    """``field`` as a float32 ``(3, D, H, W)`` array on the grid ``shape``, every value finite;
+    otherwise a ``ValueError`` naming ``source``."""
+    try:
+        array = np.asarray(field, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: register_pair returned {type(field).__name__}, not an array: {exc}") from None
+    if array.shape != (3, *shape):
+        raise ValueError(
+            f"{source}: register_pair returned a field of shape {array.shape}, expected {(3, *shape)} "
+            "(3 displacement components in voxels, on the fixed image's grid)"
+        )
+    if not np.isfinite(array).all():
+        raise ValueError(f"{source}: register_pair returned a field with non-finite values")
+    return np.ascontiguousarray(array)
+
+
 def _pairs_to_score(dataset: Dataset, split: str) -> list[tuple[str, str]]:
     """The ``(fixed, moving)`` pairs of ``split``; none is an error."""
     pairs = dataset.pairs_for(split)
@@ -152,7 +238,7 @@ def _pairs_to_score(dataset: Dataset, split: str) -> list[tuple[str, str]]:
 
 
 def _score_pairs(
-    model: nn.Module,
+    register: Register,
     dataset: Dataset,
     pairs: list[tuple[str, str]],
     device: torch.device,
@@ -167,11 +253,11 @@ def _score_pairs(
     rows: list[dict[str, Any]] = []
     example_image: np.ndarray | None = None
     labels = sorted(dataset.labels)
-    _register(model, *_load_pair(dataset, *pairs[0], device))  # warm-up, untimed
+    register(*_load_pair(dataset, *pairs[0], device))  # warm-up, untimed
     for i, (fixed_id, moving_id) in enumerate(tqdm(pairs, desc=desc, disable=not progress, mininterval=2.0)):
         # ``registered`` (flow, warped image, warped labels) stays bound until the next pair is
         # scored, so what is resident while a pair is measured (cuda_alloc_peak_mb) is as it was
-        pair_rows, registered = _score_pair(model, dataset, fixed_id, moving_id, labels, device)
+        pair_rows, registered = _score_pair(register, dataset, fixed_id, moving_id, labels, device)
         rows.extend(pair_rows)
         if i == 0:
             example_image = registered[1][0, 0].float().cpu().numpy()
@@ -179,7 +265,7 @@ def _score_pairs(
 
 
 def _score_pair(
-    model: nn.Module, dataset: Dataset, fixed_id: str, moving_id: str, labels: list[int], device: torch.device
+    register: Register, dataset: Dataset, fixed_id: str, moving_id: str, labels: list[int], device: torch.device
 ) -> tuple[list[dict[str, Any]], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Register one pair, timed (:func:`crd.profiling.measure`), warp the moving labels (nearest)
     and score it on ``labels`` (:func:`crd.metrics.score_pair`).
@@ -193,7 +279,7 @@ def _score_pair(
     moving_labels = dataset.load_labels(moving_id)
     moving_lab = torch.from_numpy(moving_labels.astype(np.int32))[None, None].to(device)
     with measure(device) as m:
-        flow, warped = _register(model, fixed, moving)
+        flow, warped = register(fixed, moving)
     with torch.inference_mode():
         warped_lab = warp(moving_lab, flow, mode="nearest")
     pair = {"fixed": fixed_id, "moving": moving_id}
@@ -240,14 +326,14 @@ def _sidecar(
     n_pairs: int,
     checkpoint: Path | None,
     trained_on: str | None,
-    model: nn.Module,
-    n_params: int,
+    scored: ScoredMethod,
     device: torch.device,
     example: dict[str, str],
 ) -> dict[str, Any]:
     """The sidecar ``<out>.json``: what was scored (dataset, method, seed, split, pair count,
-    checkpoint, the dataset it was trained on, the distance unit, the model and its parameter
-    count), where (:func:`crd.profiling.device_description`) and the example pair."""
+    checkpoint, the dataset it was trained on, the distance unit, the model (or method file) and
+    its parameter count, ``None`` without a network), where
+    (:func:`crd.profiling.device_description`) and the example pair."""
     return {
         "dataset": dataset.name,
         "method": method,
@@ -257,8 +343,8 @@ def _sidecar(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "trained_on": trained_on,
         "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
-        "model": model.config,
-        "params": n_params,
+        "model": scored.config,
+        "params": scored.params,
         **device_description(device),
         "example": example,
     }
@@ -325,11 +411,3 @@ def _load_pair(
     fixed = torch.from_numpy(dataset.load_image(fixed_id))[None, None].to(device)
     moving = torch.from_numpy(dataset.load_image(moving_id))[None, None].to(device)
     return fixed, moving
-
-
-@torch.inference_mode()
-def _register(model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference as timed (:func:`crd.models.inference.infer`): the field and the warped moving
-    image. Returns ``(flow, warped)``."""
-    result = infer(model, fixed, moving)
-    return result.flow, result.warped

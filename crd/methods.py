@@ -18,8 +18,15 @@ checkpoints rebuild wherever the method file is given (``--method-file``, or the
 from code named in a checkpoint.
 
 A method may also bring ``baselines/<name>.smk``: a Snakemake rule file that produces
-``results/{dataset}/eval/<name>.csv`` (+ ``.json``) itself; the generic train/evaluate rules then
-leave that method alone. The file name is the method name everywhere (config, wildcards, tables).
+``results/{dataset}/seed{seed}/eval/<name>.csv`` (+ ``.json``, ``.example.nii.gz``) itself; the
+generic train/evaluate rules then leave that method alone. A method without a network
+(``MODEL = None``, e.g. a classical tool) brings such a rule file and, so that its rule can score it
+with ``crd evaluate --method-file`` like every other method, a function::
+
+    def register_pair(fixed, moving, *, spacing, seed, threads):  # (D, H, W) float32 arrays
+        return field  # (3, D, H, W) displacement in voxels of the fixed grid: moving(p + u(p))
+
+(import the tool inside it). The file name is the method name everywhere (config, wildcards, tables).
 
 This module imports nothing but the standard library, so the Snakefile can read the plugins
 without torch.
@@ -56,6 +63,7 @@ class MethodSpec:
     train: dict[str, Any] = field(default_factory=dict)
     rule_file: Path | None = None
     builder: Callable[[dict[str, Any]], Any] | None = None
+    register_pair: Callable[..., Any] | None = None
 
     @property
     def needs(self) -> list[str]:
@@ -103,8 +111,27 @@ def load_method(path: Path) -> MethodSpec:
         raise MethodError(f"{path}: build_model must be a function build_model(config) -> model")
     if builder is not None and model is None:
         raise MethodError(f"{path}: build_model needs a MODEL dict (its config, with a 'kind')")
+    register_pair = _register_pair(path, ns, model, training)
     description = (ns.get("__doc__") or "").strip()
-    return MethodSpec(name, path, description, model, training, init, teacher, dict(train), rule_file, builder)
+    return MethodSpec(
+        name, path, description, model, training, init, teacher, dict(train), rule_file, builder, register_pair
+    )
+
+
+def _register_pair(path: Path, ns: dict[str, Any], model: dict[str, Any] | None, training: str | None):
+    """The file's ``register_pair`` (None without one): only for a method without a network."""
+    register_pair = ns.get("register_pair")
+    if register_pair is None:
+        return None
+    if not callable(register_pair):
+        raise MethodError(f"{path}: register_pair must be a function register_pair(fixed, moving, *, spacing, seed, "
+                          "threads) -> field")  # fmt: skip
+    if model is not None or training is not None:
+        raise MethodError(
+            f"{path}: register_pair is for methods without a network (MODEL = None, TRAINING = None); "
+            "a network goes in MODEL (and build_model)"
+        )
+    return register_pair
 
 
 def load_methods(folder: Path, names: list[str] | None = None) -> dict[str, MethodSpec]:

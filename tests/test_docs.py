@@ -34,3 +34,13 @@ def test_the_checker_sees_a_missing_document():
     found = CITED_DOC.findall("see docs/nowhere.md and docs/conventions.md")
     assert found == ["docs/nowhere.md", "docs/conventions.md"]
     assert OUTSIDE_DOC.search("as ARCHITECTURE.md says")
+
+
+def test_the_readme_shows_ants_syn_rule_as_it_is():
+    """README's worked example of the rule route is baselines/ants-syn.smk's rule, verbatim."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"^    rule ants_syn_evaluate:\n(?:(?:    .*)?\n)+", readme, flags=re.M)
+    assert shown, "README: the ants_syn_evaluate rule block is missing"
+    block = "\n".join(line[4:] for line in shown.group(0).rstrip().splitlines())
+    rule_file = (REPO / "baselines" / "ants-syn.smk").read_text(encoding="utf-8")
+    assert block in rule_file, "README's ants_syn_evaluate rule differs from baselines/ants-syn.smk"

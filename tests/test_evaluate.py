@@ -128,3 +128,77 @@ def test_a_failure_part_way_leaves_no_output(cube_dataset, tmp_path, monkeypatch
     with pytest.raises(RuntimeError, match="out of memory"):
         evaluate(cube_dataset, out, method="identity", model_config={"kind": "identity"}, device="cpu", progress=False)
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+# --- a method without a network (a classical tool): its method file's register_pair -------------
+def _shift_along_axis0(fixed, moving, *, spacing, seed, threads):
+    """A toy classical method: the moving image's shift along axis 0 (difference of centroids),
+    as a constant field in voxels."""
+    calls.append({"shape": fixed.shape, "dtype": fixed.dtype, "spacing": spacing, "seed": seed, "threads": threads})
+    axis0 = np.arange(fixed.shape[0])[:, None, None]
+    shift = (moving * axis0).sum() / moving.sum() - (fixed * axis0).sum() / fixed.sum()
+    field = np.zeros((3, *fixed.shape), np.float32)
+    field[0] = round(float(shift))
+    return field
+
+
+calls: list[dict] = []
+
+
+def test_a_method_without_network_is_scored_through_register_pair(cube_dataset, tmp_path):
+    calls.clear()
+    out = evaluate(cube_dataset, tmp_path / "eval" / "shift.csv", method="shift", seed=4, device="cpu", threads=1,
+                   progress=False, register_pair=_shift_along_axis0, method_file=tmp_path / "shift.py")  # fmt: skip
+    table = pd.read_csv(out)
+    # the field moves b's boxes back onto a's (2 voxels along axis 0); c is a's copy (no shift)
+    assert _values(table, "dice") == pytest.approx([1.0])
+    assert _values(table, "dice", moving="c") == pytest.approx([1.0])
+    assert _values(table, "fold_pct") == pytest.approx([0.0])
+    assert {"time_s", "peak_rss_mb", "hd95_mm"} <= set(table.metric)
+    assert "params" not in set(table.metric) and set(table.seed) == {4}  # no network: no parameter count
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["params"] is None
+    assert sidecar["model"] == {"kind": "external", "method_file": str(tmp_path / "shift.py")}
+    # warm-up + 2 pairs; CPU float32 (D, H, W) arrays, the dataset's spacing, the seed and threads passed on
+    assert len(calls) == 3 and {c["shape"] for c in calls} == {(32, 32, 32)}
+    assert {c["dtype"] for c in calls} == {np.dtype(np.float32)}
+    assert {(c["spacing"], c["seed"], c["threads"]) for c in calls} == {(SPACING, 4, 1)}
+
+
+@pytest.mark.parametrize(
+    "returned, message",
+    [
+        (np.zeros((3, 32, 32)), r"shape \(3, 32, 32\), expected \(3, 32, 32, 32\)"),
+        (np.full((3, 32, 32, 32), np.nan), "non-finite"),
+        ("a field", "not an array"),
+    ],
+)
+def test_a_bad_field_from_register_pair_is_one_line_naming_the_method_file(cube_dataset, tmp_path, returned, message):
+    def register_pair(fixed, moving, **kwargs):
+        return returned
+
+    out = tmp_path / "eval" / "bad.csv"
+    with pytest.raises(ValueError, match=rf"bad\.py: register_pair returned .*{message}"):
+        evaluate(cube_dataset, out, method="bad", device="cpu", threads=1, progress=False,
+                 register_pair=register_pair, method_file=tmp_path / "bad.py")  # fmt: skip
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_a_missing_tool_is_one_line_from_the_command_line(cube_dataset, tmp_path, capsys):
+    """A method file whose tool is not installed: exit 2, one line naming the file; nothing written."""
+    from crd.cli import main
+
+    method_file = tmp_path / "needs-tool.py"
+    method_file.write_text(
+        '"""needs-tool: a classical tool that is not installed."""\nMODEL = None\n\n\n'
+        "def register_pair(fixed, moving, *, spacing, seed, threads):\n"
+        "    import crd_bench_no_such_tool  # noqa: F401\n"
+    )
+    method_file.with_suffix(".smk").write_text("")
+    out = tmp_path / "eval" / "needs-tool.csv"
+    code = main(["evaluate", "--data", str(cube_dataset), "--method-file", str(method_file), "--out", str(out),
+                 "--device", "cpu", "--threads", "1", "--no-progress"])  # fmt: skip
+    err = [line for line in capsys.readouterr().err.splitlines() if " INFO " not in line]  # the progress log aside
+    assert code == 2 and len(err) == 1 and err[0].startswith("crd evaluate: error: "), err
+    assert str(method_file) in err[0] and "crd_bench_no_such_tool" in err[0]
+    assert not out.parent.exists() or not any(out.parent.iterdir())

@@ -36,6 +36,9 @@ def test_every_plugin_honours_the_contract(path):
             assert flow.shape == t_flow.shape == (1, 3, 32, 32, 32)
             assert [m.shape for m in maps] == [t.shape for t in t_maps]
             assert [m.shape[-1] for m in maps] == [16, 8, 4, 2]
+    else:  # no network: it brings its own rule file, and register_pair for crd evaluate to score it
+        assert spec.rule_file is not None and spec.rule_file.is_file() and spec.training is None
+        assert callable(spec.register_pair)
     TrainSettings.from_dict(spec.train)  # its TRAIN overrides are known settings with valid values
     for dep in spec.needs:
         assert (path.parent / f"{dep}.py").is_file()
@@ -65,6 +68,17 @@ def test_malformed_plugins_are_refused_with_the_file_name(tmp_path):
         load_method(_write(tmp_path, "noteacher", "MODEL = {'kind': 'lowres'}\nTRAINING = 'distill'\n"))
     with pytest.raises(MethodError, match="cannot be read"):
         load_method(_write(tmp_path, "broken", "MODEL = {\n"))
+
+
+def test_register_pair_is_for_methods_without_a_network(tmp_path):
+    body = "def register_pair(fixed, moving, *, spacing, seed, threads):\n    return None\n"
+    with pytest.raises(MethodError, match="net.py: register_pair is for methods without a network"):
+        load_method(_write(tmp_path, "net", "MODEL = {'kind': 'fullres'}\nTRAINING = 'unsupervised'\n" + body))
+    (tmp_path / "notfn.smk").write_text("")
+    with pytest.raises(MethodError, match="notfn.py: register_pair must be a function"):
+        load_method(_write(tmp_path, "notfn", "MODEL = None\nregister_pair = 3\n"))
+    (tmp_path / "tool.smk").write_text("")
+    assert callable(load_method(_write(tmp_path, "tool", "MODEL = None\n" + body)).register_pair)
 
 
 def test_unknown_and_cyclic_dependencies_are_refused(tmp_path):

@@ -69,7 +69,9 @@ def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
     out = run_snakemake(tmp_path, REPO / "config.yaml", "-n", "-p")
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
-    for rule, count in (("generate_synth", 1), ("train", 5), ("evaluate", 6), ("bench", 1), ("report", 1)):
+    counts = (("generate_synth", 1), ("train", 6), ("evaluate", 7), ("ants_syn_evaluate", 1), ("bench", 1),
+              ("report", 1))  # fmt: skip
+    for rule, count in counts:
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
     assert_jobs_log_to_results_logs(text)
 
@@ -337,7 +339,7 @@ def test_test_only_set_is_scored_with_the_models_of_train_on(tmp_path):
 
 @pytest.mark.parametrize(
     ("layer", "expected"),
-    [("config/outside.yaml", {"train": 6, "evaluate": 7}), ("config/full.yaml", {"train": 30, "evaluate": 33})],
+    [("config/outside.yaml", {"train": 8, "evaluate": 9}), ("config/full.yaml", {"train": 30, "evaluate": 33})],
 )
 def test_layered_configs_dry_run(tmp_path, layer, expected):
     """The documented layers on config.yaml build their DAG (fourier-net, a network its method file
@@ -347,6 +349,26 @@ def test_layered_configs_dry_run(tmp_path, layer, expected):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
-    assert "fourier-net" in text
+    assert "fourier-net" in text and "ants_syn_evaluate" in text
     for rule, count in expected.items():
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
+
+
+@pytest.mark.slow
+def test_the_rule_route_runs_ants_syn_end_to_end(tmp_path):
+    """ants-syn (MODEL = None + baselines/ants-syn.smk): its own rule scores it through crd evaluate,
+    and the report shows it like any other method, with no parameter count."""
+    pytest.importorskip("ants", reason="antspyx is not installed (pip install -e '.[ants]')")
+    config = {**TINY, "methods": ["identity", "ants-syn"], "report_baseline": "identity"}
+    out = snakemake(tmp_path, config, "-p")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "rule ants_syn_evaluate:" in out.stdout + out.stderr
+    table = pd.read_csv(tmp_path / "results" / "synth" / "seed0" / "eval" / "ants-syn.csv")
+    identity = pd.read_csv(tmp_path / "results" / "synth" / "seed0" / "eval" / "identity.csv")
+    assert set(table.metric) == set(identity.metric) - {"params"}  # the same scoring, no network
+    assert table[(table.metric == "dice") & table.label.isna()].value.mean() > identity[
+        (identity.metric == "dice") & identity.label.isna()
+    ].value.mean()
+    report = (tmp_path / "results" / "report.html").read_text()
+    assert ">ants-syn<" in report
+    assert "ants-syn" not in set(pd.read_csv(tmp_path / "results" / "bench" / "bench.csv").method)
