@@ -46,7 +46,9 @@ nilearn itself is never imported, and ``--no-deps`` leaves the packages crd-benc
 
 Run (about five minutes on 2 cores; ``--explore`` adds about five)::
 
-    python benchmarks/official_register.py --official ../shared/crd-official --work /tmp/crd-official-bench
+    python benchmarks/official_register.py --official DIR --work /tmp/crd-official-bench
+
+(``DIR``: the folder holding the authors' released ``.pth`` files.)
 """
 
 from __future__ import annotations
@@ -70,7 +72,6 @@ from crd.models.checkpoint import atomic_torch_save, read_checkpoint
 from crd.models.functional import warp
 from crd.models.official import INPUT_SPEC
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (160, 192, 224)
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
 FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}
@@ -254,8 +255,7 @@ def register_one(paths: dict[str, Path], out: Path, ckpt: Path, args: argparse.N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--official", type=Path, default=REPO.parent / "shared" / "crd-official",
-                        help="folder with the authors' released .pth files")  # fmt: skip
+    parser.add_argument("--official", type=Path, required=True, help="folder with the authors' released .pth files")
     parser.add_argument("--work", type=Path, default=Path("/tmp/crd-official-bench"), help="where files are written")
     parser.add_argument("--orientation", default="LIA", help="voxel axis codes of the pair (default LIA, as OASIS)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the known deformation")
