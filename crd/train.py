@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from crd import distributed
 from crd.atomic import check_outputs, check_writable_folder, write_text_atomic
 from crd.data.layout import Dataset, open_dataset
 from crd.deform import RandomFFD
@@ -181,8 +182,13 @@ class _PairSampler:
             image = torch.from_numpy(dataset.load_image(s))[None, None]
             self.images[s] = image.to(store) if store is not None else image.pin_memory()
 
-    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(len(self.pairs), (size,), generator=generator).tolist()
+    def batch(
+        self, size: int, generator: torch.Generator, share: slice = slice(None)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of ``size`` pairs drawn from ``generator``, of which the elements ``share``
+        (all by default; a process's share of the global batch, :mod:`crd.distributed`) are
+        returned as ``(fixed, moving)``, each ``(len(share), 1, D, H, W)`` on the device."""
+        idx = torch.randint(len(self.pairs), (size,), generator=generator).tolist()[share]
         # copy each (pinned) image to the device first: a cat of host tensors is not pinned
         fixed = torch.cat([self._on_device(self.pairs[i][0]) for i in idx])
         moving = torch.cat([self._on_device(self.pairs[i][1]) for i in idx])
@@ -318,6 +324,8 @@ class _Run:
     train_pairs: _PairSampler
     valset: _ValidationSet
     resume: _Resumable
+    process: distributed.Process = field(default_factory=distributed.Process)
+    student: Any = None  # what the objective calls: the model, or its DataParallelStudent
     start: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -357,14 +365,22 @@ def train(
     """
     settings = settings or TrainSettings()
     out = Path(out)
+    process = distributed.current()
     _check_arguments(data, out, objective=objective, init=init, teacher=teacher, log_file=log_file)
-    run = _build_run(data, out, method=method, model_config=model_config, objective=objective, settings=settings,
-                     init=init, teacher=teacher, device=device, threads=threads, log_file=log_file)  # fmt: skip
-    _resume_or_start(run)
-    t0 = time.perf_counter()
-    _take_steps(run, progress)
-    seconds = time.perf_counter() - t0
-    _write_final(run, seconds)
+    try:
+        run = _build_run(data, out, method=method, model_config=model_config, objective=objective, settings=settings,
+                         init=init, teacher=teacher, device=device, threads=threads, log_file=log_file,
+                         process=process)  # fmt: skip
+        _resume_or_start(run)
+        t0 = time.perf_counter()
+        _take_steps(run, progress and process.is_main)
+        seconds = time.perf_counter() - t0
+        if process.is_main:
+            _write_final(run, seconds)
+    except BaseException:
+        distributed.abandon(process)  # torchrun stops the other processes
+        raise
+    distributed.stop(process)
     return out
 
 
@@ -398,6 +414,7 @@ def _build_run(
     device: str,
     threads: int | None,
     log_file: Path | None,
+    process: distributed.Process,
 ) -> _Run:
     """Set up logging, device, threads and seeds, open the dataset, and build the run's parts: the
     model (initialised from ``init``), the frozen teacher, Adam with its step schedule, the
@@ -405,14 +422,16 @@ def _build_run(
 
     Keep the order: it is the random stream's. Seeding comes first, then everything that draws
     from torch's global generator (the model's initialisation, the models built to read ``init``
-    and ``teacher``); the pair sampler and the augmentation draw later from the run's generator."""
-    setup_logging(log_file)
-    dev = select_device(device)
+    and ``teacher``); the pair sampler and the augmentation draw later from the run's generator.
+    With several processes (``process``), each joins the group here; only rank 0 logs below warnings."""
+    setup_logging(log_file) if process.is_main else setup_logging(None, logging.WARNING)
+    dev = distributed.training_device(process, select_device(device))
+    distributed.start(process, dev, settings.batch_size)
     n_threads = configure_threads(threads)
     generator = seed_everything(settings.seed)
     dataset = open_dataset(data)
-    log.info("training %s (%s, %s) on %s, device %s, %d threads", method, model_config, objective, dataset.root,
-             dev, n_threads)  # fmt: skip
+    log.info("training %s (%s, %s) on %s, device %s, %d threads%s", method, model_config, objective, dataset.root,
+             dev, n_threads, f", {process.world_size} processes" if process.distributed else "")  # fmt: skip
     log.info("settings %s", json.dumps(settings.to_dict()))
 
     model = _build_student(model_config, init, dev)
@@ -430,7 +449,7 @@ def _build_run(
     return _Run(out=out, method=method, objective=objective, settings=settings, init=init, teacher=teacher,
                 dataset=dataset, device=dev, threads=n_threads, generator=generator, model=model, optimizer=optimizer,
                 scheduler=scheduler, step_loss=step_loss, augment=augment, train_pairs=train_pairs, valset=valset,
-                resume=resume)  # fmt: skip
+                resume=resume, process=process)  # fmt: skip
 
 
 def _build_student(model_config: dict[str, Any], init: Path | None, device: torch.device) -> nn.Module:
@@ -458,7 +477,7 @@ def _resume_or_start(run: _Run) -> None:
     history) when its resume file belongs to this run; otherwise record iteration 0: the model's
     validation score before any step (for a fine-tuned model: its init's)."""
     state = run.resume.load()
-    if state is not None:
+    if state is not None:  # every process loads it: they all continue the same random stream
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
@@ -466,8 +485,13 @@ def _resume_or_start(run: _Run) -> None:
         torch.set_rng_state(state["torch_rng"])
         run.start, run.history = state["iteration"], list(state.get("history", []))
         log.info("resumed from %s at iteration %d", run.resume.path, run.start)
-    else:
+    elif run.process.is_main:
         run.history.append({"iteration": 0, **_validate(run.model, run.valset, run.step_loss.unsupervised)})
+    run.student = (
+        distributed.DataParallelStudent(run.model, run.device, maps=run.objective == "distill")
+        if run.process.distributed
+        else run.model
+    )
 
 
 def _take_steps(run: _Run, progress: bool) -> None:
@@ -486,7 +510,7 @@ def _take_steps(run: _Run, progress: bool) -> None:
         if not np.isfinite(loss):
             raise CrdError(f"training {run.method} diverged at iteration {done} (loss {loss})")
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if record_now:
+        if record_now and run.process.is_main:
             _record_checkpoint(run, done, loss, terms, {**grad_norms, "learning_rate": lr_used})
     bar.close()
 
@@ -494,12 +518,18 @@ def _take_steps(run: _Run, progress: bool) -> None:
 def _take_step(run: _Run, *, gradient_norms: bool) -> tuple[LossTerms, dict[str, float], float]:
     """One step on a random batch (``(batch_size, 1, D, H, W)`` pairs, the moving images augmented),
     then the schedule's step. Returns ``(terms, grad_norms, lr)``: the loss terms, each term's
-    gradient norm when ``gradient_norms`` (else ``{}``), and the learning rate the step used."""
-    fixed, moving = run.train_pairs.batch(run.settings.batch_size, run.generator)
-    moving = run.augment(moving, run.generator)
+    gradient norm when ``gradient_norms`` (else ``{}``), and the learning rate the step used.
+
+    Every process draws the whole batch's randomness (pairs, then augmentation) and trains on its
+    share (:meth:`crd.distributed.Process.share`); one process trains on all of it. The terms and
+    gradient norms are those of this process's share (the gradients the step uses are averaged)."""
+    size, share = run.settings.batch_size, run.process.share(run.settings.batch_size)
+    fixed, moving = run.train_pairs.batch(size, run.generator, share)
+    apply, flow = run.augment.sample(moving.shape[2:], size, run.generator, device=moving.device, dtype=moving.dtype)
+    moving = run.augment.apply(moving, apply[share], flow[share])
     lr_used = run.optimizer.param_groups[0]["lr"]
-    terms, grad_norms = optimiser_step(run.step_loss, run.model, run.optimizer, fixed, moving, run.settings.grad_clip,
-                                       gradient_norms=gradient_norms)  # fmt: skip
+    terms, grad_norms = optimiser_step(run.step_loss, run.student, run.optimizer, fixed, moving,
+                                       run.settings.grad_clip, gradient_norms=gradient_norms)  # fmt: skip
     run.scheduler.step()
     return terms, grad_norms, lr_used
 
@@ -539,6 +569,7 @@ def _write_final(run: _Run, seconds: float) -> None:
             "teacher": str(run.teacher) if run.teacher else None,
             "device": str(run.device),
             "threads": run.threads,
+            "processes": run.process.world_size,
             "seconds_this_run": round(seconds, 2),
             "resumed_at": run.start,
             "history": run.history,

@@ -156,7 +156,7 @@ def test_schema_train_settings_are_crd_train_settings():
 
     hints = typing.get_type_hints(TrainSettings)
     fields = {f.name: f for f in dataclasses.fields(TrainSettings) if f.name != "seed"}  # seed: the DAG's
-    props = definition["properties"]
+    props = {k: v for k, v in definition["properties"].items() if k != "processes"}  # processes: the workflow's
     assert list(props) == list(fields)
     for name, field in fields.items():
         declared = {"type": props[name]["type"]}
@@ -165,7 +165,8 @@ def test_schema_train_settings_are_crd_train_settings():
         assert declared == _json_type(hints[name]), name
         default = field.default_factory() if field.default is dataclasses.MISSING else field.default
         assert train["properties"][name] == {"default": default}, name
-    assert list(train["properties"]) == list(fields)
+    assert list(train["properties"]) == [*fields, "processes"]
+    assert train["properties"]["processes"] == {"default": 1}
 
 
 def test_jobs_run_crd_from_this_checkout(tmp_path):
@@ -372,3 +373,21 @@ def test_the_rule_route_runs_ants_syn_end_to_end(tmp_path):
     report = (tmp_path / "results" / "report.html").read_text()
     assert ">ants-syn<" in report
     assert "ants-syn" not in set(pd.read_csv(tmp_path / "results" / "bench" / "bench.csv").method)
+
+
+def test_train_processes_become_the_launch_command_and_the_job_request(tmp_path):
+    """train.processes (global) and method_train.<m>.processes: torchrun's launcher with that many
+    processes, the job's threads and gpu scaled by it; the setting never reaches crd train."""
+    config = {**TINY, "methods": ["hr", "lr"], "train": {**TINY["train"], "processes": 2},
+              "method_train": {"lr": {"processes": 1}}, "resources": {"gpu": 1}}  # fmt: skip
+    targets = ["results/synth/seed0/models/hr.pt", "results/synth/seed0/models/lr.pt"]
+    out = snakemake(tmp_path, config, *targets, "-n", "-p", "--cores", "8", "--resources", "gpu=4")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    job = r"wildcards: dataset=synth, seed=0, method=(\w+)\n(.*?)(?=^\[|^rule |\Z)"
+    jobs = dict(re.findall(job, text, re.M | re.S))
+    assert "python -m torch.distributed.run --standalone --nproc-per-node 2 -m crd train" in jobs["hr"]
+    assert re.search(r"^    threads: 2$", jobs["hr"], re.M) and re.search(r"gpu=2", jobs["hr"])
+    assert "python -m crd train" in jobs["lr"] and "torch.distributed" not in jobs["lr"]
+    assert not re.search(r"^    threads:", jobs["lr"], re.M) and re.search(r"gpu=1", jobs["lr"])  # 1 is not shown
+    assert '"processes"' not in text  # the launcher's, not a crd train setting

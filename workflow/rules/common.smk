@@ -106,12 +106,26 @@ def report_path():
 
 def train_settings(method, seed):
     """config train block < the method file's TRAIN < config method_train[method]; the seed from
-    the DAG's seed wildcard."""
+    the DAG's seed wildcard. Without `processes`, the workflow's own key (train_processes)."""
     settings = dict(config["train"])
     settings.update(METHODS[method].train)
     settings.update(config.get("method_train", {}).get(method, {}))
     settings["seed"] = int(seed)
+    settings.pop("processes", None)
     return settings
+
+
+def train_processes(method):
+    """How many data-parallel processes train `method` (train.processes < method_train)."""
+    return int({**config["train"], **config.get("method_train", {}).get(method, {})}.get("processes", 1))
+
+
+def train_launcher(method):
+    """`python -m` for one process, torchrun's module launcher for several (one node)."""
+    n = train_processes(method)
+    if n == 1:
+        return "python -m"
+    return f"python -m torch.distributed.run --standalone --nproc-per-node {n} -m"
 
 
 def show_log_on_error(cmd):

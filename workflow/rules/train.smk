@@ -23,15 +23,19 @@ rule train:
         init=lambda wc, input: _option("--init", input.init),
         teacher=lambda wc, input: _option("--teacher", input.teacher),
         device=config["device"],
-    threads: config["threads"]["train"]
+        launcher=lambda wc: train_launcher(wc.method),
+        torch_threads=config["threads"]["train"],
+    # train.processes data-parallel processes (torchrun), each with threads.train threads and,
+    # with resources.gpu, its own GPU
+    threads: lambda wc: train_processes(wc.method) * config["threads"]["train"]
     resources:
-        mem_mb=mem_mb("train"),
-        gpu=GPU,
+        mem_mb=lambda wc: train_processes(wc.method) * mem_mb("train"),
+        gpu=lambda wc: train_processes(wc.method) * GPU,
     conda:
         ENV
     shell:
         show_log_on_error(
-            "python -m crd train --data {input.data:q} --method-file {params.method_file:q} --out {output.model:q}"
-            " --settings {params.settings:q} {params.init} {params.teacher}"
-            " --device {params.device:q} --threads {threads:q} --no-progress"
+            "{params.launcher} crd train --data {input.data:q} --method-file {params.method_file:q}"
+            " --out {output.model:q} --settings {params.settings:q} {params.init} {params.teacher}"
+            " --device {params.device:q} --threads {params.torch_threads:q} --no-progress"
         )
