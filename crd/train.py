@@ -189,10 +189,11 @@ class _PairSampler:
         (all by default; a process's share of the global batch, :mod:`crd.distributed`) are
         returned as ``(fixed, moving)``, each ``(len(share), 1, D, H, W)`` on the device."""
         idx = torch.randint(len(self.pairs), (size,), generator=generator).tolist()[share]
-        # copy each (pinned) image to the device first: a cat of host tensors is not pinned
-        fixed = torch.cat([self._on_device(self.pairs[i][0]) for i in idx])
-        moving = torch.cat([self._on_device(self.pairs[i][1]) for i in idx])
-        return fixed, moving
+        # copy each (pinned) image to the device first: a cat of host tensors is not pinned; one
+        # pair needs no cat (a copy of two whole volumes per step; the images are never modified)
+        fixed = [self._on_device(self.pairs[i][0]) for i in idx]
+        moving = [self._on_device(self.pairs[i][1]) for i in idx]
+        return (fixed[0], moving[0]) if len(idx) == 1 else (torch.cat(fixed), torch.cat(moving))
 
     def _on_device(self, subject: str) -> torch.Tensor:
         return self.images[subject].to(self.device, non_blocking=True)

@@ -270,3 +270,27 @@ def test_the_command_line_reports_an_os_error_in_one_line(tmp_path, capsys):
     assert err.startswith("crd generate: error: ") and err.count("\n") == 1, err
     assert f"{blocker}: File exists" in err
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("probability", [0.0, 1.0])
+def test_training_steps_never_modify_the_cached_images(tiny_synth, probability):
+    """A batch of one pair is the cached volumes themselves (no copy); a step, augmented or not,
+    must leave them as they were read."""
+    from crd.data.layout import open_dataset
+    from crd.deform import RandomFFD
+    from crd.train import TrainingObjective, _PairSampler, optimiser_step
+
+    sampler = _PairSampler(open_dataset(tiny_synth), "train", torch.device("cpu"))
+    before = {s: image.clone() for s, image in sampler.images.items()}
+    model = LowResolutionNet()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    objective = TrainingObjective(TrainSettings.from_dict(FAST), None)
+    generator = torch.Generator().manual_seed(0)
+    augment = RandomFFD(probability=probability)
+    for _ in range(3):
+        fixed, moving = sampler.batch(1, generator)
+        assert any(fixed is image for image in sampler.images.values())  # no copy of a single pair
+        apply, flow = augment.sample(moving.shape[2:], 1, generator)
+        optimiser_step(objective, model, optimizer, fixed, augment.apply(moving, apply, flow), 1.0)
+    for s, image in sampler.images.items():
+        torch.testing.assert_close(image, before[s], rtol=0, atol=0)
