@@ -255,12 +255,13 @@ def _score_pairs(
     labels = sorted(dataset.labels)
     register(*_load_pair(dataset, *pairs[0], device))  # warm-up, untimed
     for i, (fixed_id, moving_id) in enumerate(tqdm(pairs, desc=desc, disable=not progress, mininterval=2.0)):
-        # ``registered`` (flow, warped image, warped labels) stays bound until the next pair is
-        # scored, so what is resident while a pair is measured (cuda_alloc_peak_mb) is as it was
         pair_rows, registered = _score_pair(register, dataset, fixed_id, moving_id, labels, device)
         rows.extend(pair_rows)
         if i == 0:
-            example_image = registered[1][0, 0].float().cpu().numpy()
+            example_image = registered[1][0, 0].float().cpu().numpy().copy()
+        # release this pair's field and warped images before the next pair is measured: the CUDA
+        # peak (max_memory_allocated since the reset) would otherwise count them in every later pair
+        del registered
     return rows, example_image
 
 

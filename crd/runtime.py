@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from pathlib import Path
@@ -20,6 +21,12 @@ def select_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available in this torch build")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ValueError(
+            f"device {name!r} requested but {count} CUDA device(s) are visible (cuda:0 to cuda:{count - 1})"
+            + (f"; CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "")
+        )
     return device
 
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from crd.data.layout import dataset_info, write_dataset_json, write_nifti, write_pairs
 from crd.evaluate import evaluate
@@ -202,3 +203,25 @@ def test_a_missing_tool_is_one_line_from_the_command_line(cube_dataset, tmp_path
     assert code == 2 and len(err) == 1 and err[0].startswith("crd evaluate: error: "), err
     assert str(method_file) in err[0] and "crd_bench_no_such_tool" in err[0]
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_a_pair_is_measured_without_the_previous_pairs_tensors(cube_dataset):
+    """Each pair's memory peak counts its own field and images only: the previous pair's are
+    released before the next registration starts (on CUDA, max_memory_allocated would count them)."""
+    import weakref
+
+    from crd.data.layout import open_dataset
+    from crd.evaluate import _score_pairs
+
+    alive = []
+
+    def register(fixed, moving):
+        assert all(ref() is None for ref in alive), "a previous pair's field is still alive"
+        flow = torch.zeros(1, 3, *fixed.shape[2:])
+        alive.append(weakref.ref(flow))
+        return flow, moving.clone()
+
+    dataset = open_dataset(cube_dataset)
+    rows, example = _score_pairs(register, dataset, dataset.pairs_for("test"), torch.device("cpu"), desc="x",
+                                 progress=False)  # fmt: skip
+    assert len(alive) == 3 and example.shape == (32, 32, 32)  # warm-up + 2 pairs
