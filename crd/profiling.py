@@ -173,12 +173,16 @@ def measure(device: torch.device) -> Iterator[Measurement]:
 
 
 def device_description(device: torch.device) -> dict[str, Any]:
-    """Device name, torch/CUDA versions and thread count, for the results' sidecar."""
+    """Device name, torch/CUDA versions, thread count and the math settings in force
+    (:func:`crd.runtime.math_settings`: TF32, cuDNN autotuning, determinism), for the sidecar."""
+    from crd.runtime import math_settings
+
     info: dict[str, Any] = {
         "device": device.type,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cuda": torch.version.cuda,
+        **math_settings(),
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)

@@ -11,13 +11,41 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["select_device", "configure_threads", "seed_everything", "setup_logging"]
+__all__ = ["select_device", "use_true_fp32", "math_settings", "configure_threads", "seed_everything", "setup_logging"]
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU; ``"cpu"``/``"cuda"``/``"cuda:1"`` force it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``"auto"`` picks CUDA when available, else the CPU; ``"cpu"``/``"cuda"``/``"cuda:1"`` force it.
+
+    Choosing CUDA also makes float32 arithmetic true float32 (:func:`use_true_fp32`): PyTorch lets
+    cuDNN convolutions run in TF32 by default, which is not the fp32 the results claim."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else _named_device(name)
+    if device.type == "cuda":
+        use_true_fp32()
+    return device
+
+
+def use_true_fp32() -> None:
+    """No TF32 in float32 convolutions (cuDNN) or matrix products (cuBLAS): reference figures are
+    float32 as stated. :func:`math_settings` records what was in force."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def math_settings() -> dict[str, bool]:
+    """What decides CUDA numerics and their reproducibility, for checkpoints and sidecars: TF32
+    for cuDNN / cuBLAS, cuDNN autotuning (``benchmark``) and deterministic algorithms. On CUDA,
+    3-D ``grid_sample`` and trilinear interpolation accumulate gradients with atomics, so training
+    is not bit-reproducible there unless deterministic algorithms are enforced."""
+    return {
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+    }
+
+
+def _named_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available in this torch build")

@@ -37,7 +37,7 @@ from crd.models.checkpoint import atomic_torch_save, load_model, read_checkpoint
 from crd.models.contract import DistillableModel
 from crd.models.functional import warp
 from crd.models.registration import build_model
-from crd.runtime import configure_threads, seed_everything, select_device, setup_logging
+from crd.runtime import configure_threads, math_settings, seed_everything, select_device, setup_logging
 from crd.tidy import HISTORY_COLUMNS
 
 __all__ = ["TrainSettings", "train", "initialise_from", "history_path", "OBJECTIVES"]
@@ -571,6 +571,7 @@ def _write_final(run: _Run, seconds: float) -> None:
             "device": str(run.device),
             "threads": run.threads,
             "processes": run.process.world_size,
+            "math": math_settings(),
             "seconds_this_run": round(seconds, 2),
             "resumed_at": run.start,
             "history": run.history,
