@@ -33,7 +33,7 @@ from crd.data.layout import dataset_info, open_dataset, write_dataset_json, writ
 from crd.deform import RandomFFD
 from crd.models.registration import build_model
 from crd.runtime import configure_threads, select_device
-from crd.train import TrainingObjective, TrainSettings, _PairSampler, optimiser_step
+from crd.train import TrainingObjective, TrainSettings, _PairSampler, draw_batch, optimiser_step
 
 
 def _size(text: str) -> tuple[int, int, int]:
@@ -108,10 +108,8 @@ def main() -> None:
             apply, flow = augment.sample(moving.shape[2:], args.batch, generator, device=device)
             return augment.apply(moving, apply, flow)
 
-        def data_path():
-            fixed, mov = sample()
-            apply, flow = augment.sample(mov.shape[2:], args.batch, generator, device=device)
-            return fixed, augment.apply(mov, apply, flow)
+        def data_path():  # what crd train does before each step
+            return draw_batch(sampler, augment, args.batch, generator)
 
         t_sample = _timed(sample, args.repeats, device)
         t_augment = _timed(augmented, args.repeats, device)

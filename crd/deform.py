@@ -140,6 +140,7 @@ def random_bspline_displacement(
     power: float = 3.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    keep: slice = slice(None),
 ) -> torch.Tensor:
     """Draw a smooth random displacement field by cubic B-spline FFD.
 
@@ -160,9 +161,11 @@ def random_bspline_displacement(
         power: shaping exponent of the control values (> 0).
         device: device of the result (default: the generator's device, else CPU).
         dtype: floating dtype of the result.
+        keep: the fields to return (all by default): the control points of all ``batch`` fields
+            are drawn, so the random stream is the same, but only these are computed.
 
     Returns:
-        ``(B, 3, D, H, W)`` displacement in voxels, channels ordered (D, H, W).
+        ``(len(keep), 3, D, H, W)`` displacement in voxels, channels ordered (D, H, W).
     """
     if max_displacement < 0:
         raise ValueError(f"max_displacement must be >= 0 voxels, got {max_displacement}")
@@ -172,7 +175,7 @@ def random_bspline_displacement(
     draw_device = generator.device if generator is not None else device
     u = torch.rand((batch, 3, *n), generator=generator, device=draw_device, dtype=torch.float32)
     u = u * 2.0 - 1.0
-    control = torch.sign(u) * u.abs() ** power * float(max_displacement)
+    control = (torch.sign(u) * u.abs() ** power * float(max_displacement))[keep]
     control = control.to(device=device if device is not None else u.device, dtype=dtype)
     return bspline_displacement(control, shape)
 
@@ -240,12 +243,16 @@ class RandomFFD:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        share: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the random parameters for ``batch`` images of spatial size ``shape``.
+        """Draw the random parameters for ``batch`` images of spatial size ``shape``; return those
+        of the elements ``share`` (all by default; e.g. one process's share of a global batch: the
+        draws, hence the random stream, are those of the whole batch, the fields only the share's).
 
         Returns:
-            ``(apply, flow)``: a ``(B,)`` bool tensor (which elements are deformed) and the
-            ``(B, 3, D, H, W)`` displacement in voxels (zero for elements not deformed).
+            ``(apply, flow)``: a ``(b,)`` bool tensor (which elements are deformed) and the
+            ``(b, 3, D, H, W)`` displacement in voxels (zero for elements not deformed),
+            ``b = len(share)``.
         """
         draw_device = generator.device if generator is not None else device
         apply = (
@@ -261,8 +268,9 @@ class RandomFFD:
             power=self.power,
             device=device,
             dtype=dtype,
+            keep=share,
         )
-        apply = apply.to(flow.device)
+        apply = apply[share].to(flow.device)
         return apply, flow * apply.to(dtype).view(-1, 1, 1, 1, 1)
 
     def apply(self, image: torch.Tensor, apply: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ def training_device(process: Process, device: torch.device) -> torch.device:
     explicit ``cuda:i`` cannot be shared by N processes and is refused); otherwise ``device``."""
     if not process.distributed or device.type != "cuda":
         return device
-    if device.index not in (None, process.local_rank) and process.world_size > 1:
+    if device.index not in (None, process.local_rank):
         raise ValueError(f"with {process.world_size} training processes give --device cuda (one GPU per process, "
                          f"cuda:<LOCAL_RANK>), not {device}")  # fmt: skip
     if process.local_rank >= torch.cuda.device_count():

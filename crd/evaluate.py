@@ -42,7 +42,7 @@ from crd.models.checkpoint import load_model
 from crd.models.functional import warp
 from crd.models.inference import infer
 from crd.models.registration import build_model
-from crd.profiling import device_description, measure
+from crd.profiling import count_parameters, device_description, measure
 from crd.runtime import configure_threads, select_device, setup_logging
 from crd.tidy import TABLE_COLUMNS
 
@@ -186,7 +186,7 @@ def _network_method(model: nn.Module) -> ScoredMethod:
         result = infer(model, fixed, moving)
         return result.flow, result.warped
 
-    return ScoredMethod(register, sum(p.numel() for p in model.parameters()), model.config)
+    return ScoredMethod(register, count_parameters(model), model.config)
 
 
 def _external_method(

@@ -31,6 +31,8 @@ from typing import Any
 import psutil
 import torch
 
+from crd.runtime import math_settings
+
 __all__ = ["Measurement", "measure", "device_description", "InferenceProfile", "profile_inference", "count_parameters"]
 
 MB = 2.0**20
@@ -175,8 +177,6 @@ def measure(device: torch.device) -> Iterator[Measurement]:
 def device_description(device: torch.device) -> dict[str, Any]:
     """Device name, torch/CUDA versions, thread count and the math settings in force
     (:func:`crd.runtime.math_settings`: TF32, cuDNN autotuning, determinism), for the sidecar."""
-    from crd.runtime import math_settings
-
     info: dict[str, Any] = {
         "device": device.type,
         "torch": torch.__version__,

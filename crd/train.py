@@ -516,6 +516,19 @@ def _take_steps(run: _Run, progress: bool) -> None:
     bar.close()
 
 
+def draw_batch(
+    pairs: _PairSampler, augment: RandomFFD, size: int, generator: torch.Generator, share: slice = slice(None)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training data path of one step: ``size`` random pairs, then the augmentation of their
+    moving images, both drawn from ``generator`` for the whole batch; returns the elements
+    ``share`` (all by default; a process's share, :mod:`crd.distributed`) as ``(fixed, moving)``,
+    each ``(len(share), 1, D, H, W)`` on the training device."""
+    fixed, moving = pairs.batch(size, generator, share)
+    apply, flow = augment.sample(moving.shape[2:], size, generator, device=moving.device, dtype=moving.dtype,
+                                 share=share)  # fmt: skip
+    return fixed, augment.apply(moving, apply, flow)
+
+
 def _take_step(run: _Run, *, gradient_norms: bool) -> tuple[LossTerms, dict[str, float], float]:
     """One step on a random batch (``(batch_size, 1, D, H, W)`` pairs, the moving images augmented),
     then the schedule's step. Returns ``(terms, grad_norms, lr)``: the loss terms, each term's
@@ -524,10 +537,8 @@ def _take_step(run: _Run, *, gradient_norms: bool) -> tuple[LossTerms, dict[str,
     Every process draws the whole batch's randomness (pairs, then augmentation) and trains on its
     share (:meth:`crd.distributed.Process.share`); one process trains on all of it. The terms and
     gradient norms are those of this process's share (the gradients the step uses are averaged)."""
-    size, share = run.settings.batch_size, run.process.share(run.settings.batch_size)
-    fixed, moving = run.train_pairs.batch(size, run.generator, share)
-    apply, flow = run.augment.sample(moving.shape[2:], size, run.generator, device=moving.device, dtype=moving.dtype)
-    moving = run.augment.apply(moving, apply[share], flow[share])
+    size = run.settings.batch_size
+    fixed, moving = draw_batch(run.train_pairs, run.augment, size, run.generator, run.process.share(size))
     lr_used = run.optimizer.param_groups[0]["lr"]
     terms, grad_norms = optimiser_step(run.step_loss, run.student, run.optimizer, fixed, moving,
                                        run.settings.grad_clip, gradient_norms=gradient_norms)  # fmt: skip

@@ -177,3 +177,17 @@ def test_random_ffd_rejects_bad_arguments():
         RandomFFD(probability=1.5)
     with pytest.raises(ValueError, match="B, C, D, H, W"):
         RandomFFD()(torch.zeros(8, 8, 8))
+
+
+def test_a_share_of_the_batch_is_those_elements_of_the_whole_draw():
+    """sample(share=...) computes only the share's fields, from the same draws (and leaves the
+    generator where the whole batch's draw leaves it): what each training process uses."""
+    from crd.deform import RandomFFD
+
+    ffd = RandomFFD(probability=0.5)
+    whole_gen, part_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    apply, flow = ffd.sample((12, 14, 16), 4, whole_gen)
+    part_apply, part_flow = ffd.sample((12, 14, 16), 4, part_gen, share=slice(2, 4))
+    assert torch.equal(part_apply, apply[2:4]) and part_flow.shape == (2, 3, 12, 14, 16)
+    torch.testing.assert_close(part_flow, flow[2:4], rtol=0, atol=0)
+    assert torch.equal(whole_gen.get_state(), part_gen.get_state())

@@ -104,20 +104,23 @@ def report_path():
     return f"{RESULTS}/report.html"
 
 
+def _train_block(method):
+    """config train block < the method file's TRAIN < config method_train[method]."""
+    return {**config["train"], **METHODS[method].train, **config.get("method_train", {}).get(method, {})}
+
+
 def train_settings(method, seed):
-    """config train block < the method file's TRAIN < config method_train[method]; the seed from
-    the DAG's seed wildcard. Without `processes`, the workflow's own key (train_processes)."""
-    settings = dict(config["train"])
-    settings.update(METHODS[method].train)
-    settings.update(config.get("method_train", {}).get(method, {}))
+    """The merged train block (crd train's settings) with the seed from the DAG's seed wildcard,
+    without `processes`, the workflow's own key (train_processes)."""
+    settings = _train_block(method)
     settings["seed"] = int(seed)
     settings.pop("processes", None)
     return settings
 
 
 def train_processes(method):
-    """How many data-parallel processes train `method` (train.processes < method_train)."""
-    return int({**config["train"], **config.get("method_train", {}).get(method, {})}.get("processes", 1))
+    """How many data-parallel processes train `method` (its merged train block's `processes`)."""
+    return int(_train_block(method).get("processes", 1))
 
 
 def train_launcher(method):
