@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 from crd.atomic import check_outputs
+from crd.bench import _release_freed_memory
 from crd.errors import CheckpointError, CrdError
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
@@ -215,14 +216,33 @@ def intensity_range_warning(image: np.ndarray, name: str, path: Path, mode: str)
 # --------------------------------------------------------------------------------------------
 
 
-def _warm_up(model: nn.Module, device: torch.device) -> None:
-    """One pass on a tiny input (lazy imports, kernel selection), so that the measured time and
-    memory are those of the registration itself."""
-    side = max(int(model.size_multiple), 2)
-    x = torch.zeros(1, 1, side, side, side, device=device)
-    flow = model(x, x)
-    warp(x, flow)
-    warp(x, flow, mode="nearest")
+def _warm_up(
+    model: nn.Module,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    moving_raw: torch.Tensor,
+    labels: torch.Tensor | None,
+) -> None:
+    """One untimed registration at the real size: the same calls on the same tensors (shapes,
+    dtype, device) as the timed one in :func:`_timed_registration`, so that what happens once per
+    input size happens here and not in the measurement (lazy imports and initialisation, kernel
+    selection, cuDNN autotuning under ``torch.backends.cudnn.benchmark``, which selects kernels per
+    input shape, so a warm-up on another size would leave the timed call to pay for it; allocator
+    growth). Tensors ``(1, 1, D, H, W)``; call it under ``torch.inference_mode()``.
+
+    Its outputs (a field and warped images the size of the input) are freed before it returns,
+    and memory glibc keeps after ``free`` is given back (``malloc_trim``), so that the CPU RSS
+    baseline of the measurement holds no warm-up leftovers; on CUDA the device is synchronised (no
+    warm-up kernel still runs when the clock starts) and the allocator keeps its cache for the
+    timed call. ``crd register`` therefore runs the registration twice.
+    """
+    flow, _ = predict_flow(model, fixed, moving)
+    warped = warp(moving_raw, flow)
+    warped_labels = warp(labels, flow, mode="nearest") if labels is not None else None
+    del flow, warped, warped_labels
+    if fixed.device.type == "cuda":
+        torch.cuda.synchronize(fixed.device)
+    _release_freed_memory()
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +318,8 @@ def register(
     ``crd.register``; also in the result's ``warnings``) and registered all the same.
 
     Everything is checked before anything is written. Time and peak memory cover the field and
-    the warps, after a warm-up on a tiny input; not reading, normalising or writing files.
+    the warps, after one untimed warm-up registration of the same pair (same sizes, device and
+    dtype); not the warm-up, nor reading, normalising or writing files.
     """
     out_warped, out_flow, out_warped_labels = _checked_outputs(
         checkpoint, fixed, moving, moving_labels, out_warped, out_flow, out_warped_labels, normalisation
@@ -422,10 +443,11 @@ def _timed_registration(
     labels: torch.Tensor | None,
 ) -> _Run:
     """The field on the normalised pair and the warps of the raw moving image and its labels,
-    timed (field alone, and all) after a warm-up on a tiny input. Tensors ``(1, 1, D, H, W)``."""
+    timed (field alone, and all) after one untimed warm-up on the same tensors (:func:`_warm_up`),
+    all under ``torch.inference_mode()``. Tensors ``(1, 1, D, H, W)``."""
     dev = fixed.device
-    with torch.no_grad():
-        _warm_up(model, dev)
+    with torch.inference_mode():
+        _warm_up(model, fixed, moving, moving_raw, labels)
         with measure(dev) as m:
             start = time.perf_counter()
             flow, padded = predict_flow(model, fixed, moving)

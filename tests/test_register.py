@@ -156,6 +156,49 @@ def test_lowres_model_is_padded_to_its_multiple_and_cropped_back(tmp_path, pair)
     assert np.array_equal(labels, expected_labels[0, 0].numpy().astype(np.uint8))
 
 
+def test_the_warm_up_is_one_untimed_registration_at_the_real_size(tmp_path, pair, monkeypatch):
+    """On CUDA kernels are chosen per input shape (cuDNN autotuning), so a warm-up at another size
+    leaves the timed call to pay for it: the warm-up must call the model and the warps with the
+    timed call's tensors (shapes, dtype, device), under inference mode, before the clock starts."""
+    import crd.register
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "lr.pt", LowResolutionNet(width=0.25).eval(), method="lr")
+    events = []
+
+    def seen(kind, *tensors, **extra):
+        described = tuple((tuple(t.shape), t.dtype, t.device.type) for t in tensors)
+        events.append((kind, described, torch.is_inference_mode_enabled(), *extra.values()))
+
+    real_forward, real_warp, real_measure = LowResolutionNet.forward, crd.register.warp, crd.register.measure
+
+    def forward(self, fixed, moving):
+        seen("model", fixed, moving)
+        return real_forward(self, fixed, moving)
+
+    def spied_warp(moving, flow, mode="bilinear", **kwargs):
+        seen("warp", moving, flow, mode=mode)
+        return real_warp(moving, flow, mode=mode, **kwargs)
+
+    def spied_measure(device):
+        events.append(("timing starts",))
+        return real_measure(device)
+
+    monkeypatch.setattr(LowResolutionNet, "forward", forward)
+    monkeypatch.setattr(crd.register, "warp", spied_warp)
+    monkeypatch.setattr(crd.register, "measure", spied_measure)
+    result = run(ckpt, pair, tmp_path / "out")
+    assert result.padded_shape == (64, 64, 64)
+    image, padded = ((1, 1, *SHAPE), torch.float32, "cpu"), ((1, 1, 64, 64, 64), torch.float32, "cpu")
+    flow = ((1, 3, *SHAPE), torch.float32, "cpu")
+    registration = [
+        ("model", (padded, padded), True),
+        ("warp", (image, flow), True, "bilinear"),
+        ("warp", (image, flow), True, "nearest"),
+    ]
+    assert events == [*registration, ("timing starts",), *registration]
+
+
 def random_official_checkpoint(path, kind="lr", seed=0):
     """``crd import-official`` of random weights in the authors' format (scaled so activations
     stay O(1)): a checkpoint whose ``input`` entry is the importer's."""
