@@ -197,7 +197,7 @@ def measure_case(
 ) -> tuple[int, np.ndarray, np.ndarray, float]:
     """``warmup`` untimed calls with the sampler off, as many with it on, then ``repeats`` pairs of
     blocks (sampler off / on, the order alternating) of ``calls`` calls each (``None``: as many as
-    fit in ``block_seconds`` by the slower of the two warm-up medians, at least one). Returns the
+    fit in ``block_seconds`` by the slower of the two warm-ups, at least one). Returns the
     calls per block, the times ``(repeats, calls)`` off and on (s), and the sampler's reads per
     second while on."""
     reads = 0
@@ -215,8 +215,15 @@ def measure_case(
         finally:
             sampler.stop()
 
+    def per_call(block: Callable[[int], list[float]], n: int) -> float:
+        """Seconds a call takes: the median timed, or the wall time per call if longer (on CUDA the
+        events and launches cost host time beyond the device time measured)."""
+        t0 = time.perf_counter()
+        times = block(n)
+        return max(statistics.median(times), (time.perf_counter() - t0) / n)
+
     warm = max(warmup, 1)
-    slower = max(statistics.median(_time_block(fn, warm, device)), statistics.median(with_sampler(warm)))
+    slower = max(per_call(lambda n: _time_block(fn, n, device), warm), per_call(with_sampler, warm))
     if calls is None:
         calls = int(min(10_000, max(1, block_seconds // max(slower, 1e-6))))
     reads = 0
