@@ -7,7 +7,9 @@
 - CUDA: the PyTorch allocator peak (``torch.cuda.max_memory_allocated`` after a reset) and the
   NVML per-process figure, sampled in a background thread; NVML counts everything the process
   holds on the GPU, the CUDA context (several hundred MB) and the allocator's cache included.
-  A missing NVML (no NVIDIA driver, non-NVIDIA GPU) gives ``None``, not an error.
+  Where NVML gives no per-process figure (no NVML, a container that hides host PIDs, MIG) the
+  figure is ``None``, not an error, and the reason is logged once and recorded in sidecars
+  (:func:`probe_nvml`, ``device_description(...)["nvml"]``).
 - Time: ``time.perf_counter`` around the call, after ``torch.cuda.synchronize`` on CUDA.
 
 :func:`profile_inference` repeats a call: warm-up calls first (lazy initialisation, cuDNN
@@ -18,6 +20,7 @@ timed calls.
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import threading
@@ -33,7 +36,16 @@ import torch
 
 from crd.runtime import math_settings
 
-__all__ = ["Measurement", "measure", "device_description", "InferenceProfile", "profile_inference", "count_parameters"]
+__all__ = [
+    "Measurement",
+    "measure",
+    "device_description",
+    "NvmlProbe",
+    "probe_nvml",
+    "InferenceProfile",
+    "profile_inference",
+    "count_parameters",
+]
 
 MB = 2.0**20
 
@@ -92,27 +104,75 @@ class _Sampler(threading.Thread):
         return self.peak
 
 
-def _nvml_reader(device: torch.device) -> Callable[[], float | None] | None:
-    """A function returning this process's NVML-reported GPU memory (MB), or None if unavailable."""
+@dataclass
+class NvmlProbe:
+    """What NVML can say about GPU memory on one device, seen from this process.
+
+    ``process_mb`` returns this process's memory on the device (MB; the CUDA context and the
+    allocator's cache included) and is ``None`` where NVML has no per-process figure; ``why`` then
+    says why (no NVML, a failing query, a PID that NVML does not list: containers that hide host
+    PIDs, or a listed process without a memory figure: MIG or too few privileges).
+    ``device_used_mb`` returns the memory used on the whole device (all processes; MB), the
+    fallback that a parent process samples around an otherwise idle child (``crd bench --isolate
+    process``); ``None`` without NVML.
+    """
+
+    process_mb: Callable[[], float | None] | None = None
+    device_used_mb: Callable[[], float | None] | None = None
+    why: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """``{"per_process": bool, "device_level": bool, "why": str | None}`` for sidecars."""
+        return {
+            "per_process": self.process_mb is not None,
+            "device_level": self.device_used_mb is not None,
+            "why": self.why,
+        }
+
+
+def _nvml_handle(pynvml, device: torch.device):
+    """The NVML handle of torch's ``device`` (matched by UUID, MIG instances included; by index
+    when no UUID matches)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    uuid = str(torch.cuda.get_device_properties(index).uuid).replace("GPU-", "").replace("MIG-", "")
+    for i in range(pynvml.nvmlDeviceGetCount()):
+        h = pynvml.nvmlDeviceGetHandleByIndex(i)
+        if uuid and uuid in str(pynvml.nvmlDeviceGetUUID(h)):
+            return h
+        try:  # MIG instances of this GPU (NVML raises where MIG is unsupported or off)
+            for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+                try:
+                    mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, j)
+                except Exception:
+                    continue
+                if uuid and uuid in str(pynvml.nvmlDeviceGetUUID(mig)):
+                    return mig
+        except Exception:
+            pass
+    return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+
+def probe_nvml(device: torch.device) -> NvmlProbe:
+    """Find out which NVML memory figures this process can read for ``device`` (see
+    :class:`NvmlProbe`). Call it after the process has used the device (a CUDA context exists),
+    else NVML does not list the process yet. Never raises."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        uuid = torch.cuda.get_device_properties(index).uuid
-        handle = None
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            if str(uuid).replace("GPU-", "") in str(pynvml.nvmlDeviceGetUUID(h)):
-                handle = h
-                break
-        if handle is None:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # no NVML library, no NVIDIA driver, permission problems
-        return None
+        handle = _nvml_handle(pynvml, device)
+    except Exception as exc:  # no NVML library, no NVIDIA driver, permission problems
+        return NvmlProbe(why=f"NVML unavailable: {type(exc).__name__}: {exc}")
+
+    def device_used_mb() -> float | None:
+        try:
+            return pynvml.nvmlDeviceGetMemoryInfo(handle).used / MB
+        except Exception:
+            return None
+
     pid = os.getpid()
 
-    def read() -> float | None:
+    def process_mb() -> float | None:
         try:
             for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
                 if proc.pid == pid and proc.usedGpuMemory is not None:
@@ -121,7 +181,38 @@ def _nvml_reader(device: torch.device) -> Callable[[], float | None] | None:
             return None
         return None
 
-    return read
+    device_level = device_used_mb if device_used_mb() is not None else None
+    try:
+        procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+    except Exception as exc:
+        return NvmlProbe(None, device_level, f"NVML's per-process query failed: {type(exc).__name__}: {exc}")
+    mine = [p for p in procs if p.pid == pid]
+    if not mine:
+        listed = ", ".join(str(p.pid) for p in procs[:5]) or "none"
+        return NvmlProbe(
+            None,
+            device_level,
+            f"NVML does not list this process (PID {pid}; listed: {listed}): a container's PID namespace "
+            "hides it, or the process has no CUDA context yet",
+        )
+    if mine[0].usedGpuMemory is None:
+        return NvmlProbe(
+            None, device_level, "NVML lists this process without a memory figure (MIG instance or too few privileges)"
+        )
+    return NvmlProbe(process_mb, device_level, None)
+
+
+_NVML_WARNED: set[str] = set()
+
+
+def _nvml_reader(device: torch.device) -> Callable[[], float | None] | None:
+    """This process's NVML memory reader (MB) for ``device``, or ``None``; the first time a reason
+    for ``None`` comes up, it is logged (logger ``crd``, warning)."""
+    probe = probe_nvml(device)
+    if probe.process_mb is None and probe.why not in _NVML_WARNED:
+        _NVML_WARNED.add(probe.why or "")
+        logging.getLogger("crd").warning("no NVML per-process GPU memory figure: %s", probe.why)
+    return probe.process_mb
 
 
 @contextmanager
@@ -186,6 +277,7 @@ def device_description(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
+        info["nvml"] = probe_nvml(device).summary()  # which NVML figures exist, and why not
     else:
         import platform
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -87,27 +88,63 @@ def test_nvml_failing_init_gives_none(monkeypatch):
     assert P._nvml_reader(torch.device("cuda", 0)) is None
 
 
-def test_nvml_reader_failing_query_gives_none(monkeypatch):
-    """NVML initialises but the per-process query fails (e.g. no permission): None, not an error."""
+def _fake_nvml(monkeypatch, processes, *, query_fails=False, used_bytes=7 * 2**20):
+    """A stand-in pynvml with one GPU whose process list is ``processes`` (pid, bytes or None)."""
     fake = types.ModuleType("pynvml")
     fake.nvmlInit = lambda: None
     fake.nvmlDeviceGetCount = lambda: 1
-    fake.nvmlDeviceGetHandleByIndex = lambda i: object()
+    fake.nvmlDeviceGetHandleByIndex = lambda i: "handle0"
     fake.nvmlDeviceGetUUID = lambda h: "GPU-0000"
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=used_bytes)
 
-    def fail(handle):
-        raise RuntimeError("insufficient permissions")
+    def running(handle):
+        if query_fails:
+            raise RuntimeError("insufficient permissions")
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=b) for pid, b in processes]
 
-    fake.nvmlDeviceGetComputeRunningProcesses = fail
+    fake.nvmlDeviceGetComputeRunningProcesses = running
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="0000"))
+    P._NVML_WARNED.clear()
+
+
+def test_nvml_reader_failing_query_gives_none_and_says_why(monkeypatch, caplog):
+    """NVML initialises but the per-process query fails (e.g. no permission): no reader, a logged
+    reason, and the device-level figure still available as the labelled fallback."""
+    _fake_nvml(monkeypatch, [], query_fails=True)
+    probe = P.probe_nvml(torch.device("cuda"))
+    assert probe.process_mb is None and "insufficient permissions" in probe.why
+    assert probe.device_used_mb() == 7.0
+    with caplog.at_level("WARNING", logger="crd"):
+        assert P._nvml_reader(torch.device("cuda")) is None
+    assert "insufficient permissions" in caplog.text
+
+
+def test_nvml_hidden_pid_is_reported_not_silent(monkeypatch):
+    """In a container NVML lists host PIDs: this process is not among them."""
+    _fake_nvml(monkeypatch, [(os.getpid() + 100000, 5 * 2**20)])
+    probe = P.probe_nvml(torch.device("cuda"))
+    assert probe.process_mb is None
+    assert f"PID {os.getpid()}" in probe.why and str(os.getpid() + 100000) in probe.why
+    assert probe.summary() == {"per_process": False, "device_level": True, "why": probe.why}
+
+
+def test_nvml_listed_without_memory_figure(monkeypatch):
+    _fake_nvml(monkeypatch, [(os.getpid(), None)])
+    probe = P.probe_nvml(torch.device("cuda"))
+    assert probe.process_mb is None and "without a memory figure" in probe.why
+
+
+def test_nvml_per_process_reader(monkeypatch):
+    _fake_nvml(monkeypatch, [(1, 2**20), (os.getpid(), 300 * 2**20)])
+    probe = P.probe_nvml(torch.device("cuda"))
+    assert probe.why is None and probe.process_mb() == 300.0
     read = P._nvml_reader(torch.device("cuda"))
-    assert read is not None and read() is None
     sampler = P._Sampler(read, interval=1e-3)
     sampler.start()
     time.sleep(0.01)
-    assert sampler.stop() is None
+    assert sampler.stop() == 300.0
 
 
 def test_sampler_keeps_the_maximum():
