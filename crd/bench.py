@@ -169,10 +169,19 @@ def _to_channels_last(
 
 def _inference_call(
     model: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor, option: str, device: torch.device
-) -> Callable[[], Any]:
+) -> tuple[Callable[[], Any], dict[str, float]]:
     """The call that is timed: one inference (field + warp) as ``option`` asks, compiled
     (``compile``), under bf16 autocast (``bf16``), or captured once and replayed as a CUDA graph
-    (``cuda-graphs``, after three warm-up calls on a side stream)."""
+    (``cuda-graphs``, after three warm-up calls on a side stream); and metrics known before timing.
+
+    A graph's replay allocates nothing (its tensors live in the graph's private memory pool), so
+    the allocator peak of the replays would count weights, inputs and output but no activations.
+    For ``cuda-graphs`` the memory metrics therefore come from the capture, where every tensor of
+    one call is allocated from that pool: ``cuda_alloc_peak_mb`` = the allocator peak while
+    capturing (weights and inputs included, like every other case's peak) and
+    ``cuda_graph_pool_mb`` = the memory the pool reserved (what the graph holds while it exists).
+    Run under ``torch.cuda.device(device)`` so that capture and replay use ``device``'s streams.
+    """
     import torch
 
     from crd.models.inference import infer
@@ -186,7 +195,7 @@ def _inference_call(
         return infer(net, fixed, moving, autocast=autocast()).warped
 
     if option != "cuda-graphs":
-        return run
+        return run, {}
     with torch.inference_mode():
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -194,14 +203,23 @@ def _inference_call(
             for _ in range(3):
                 run()
         torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        reserved_before = torch.cuda.memory_reserved(device)
+        torch.cuda.reset_peak_memory_stats(device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static_out = run()
+        torch.cuda.synchronize(device)
+        capture = {
+            "cuda_alloc_peak_mb": torch.cuda.max_memory_allocated(device) / 2.0**20,
+            "cuda_graph_pool_mb": (torch.cuda.memory_reserved(device) - reserved_before) / 2.0**20,
+        }
 
     def replay(_keep: torch.Tensor = static_out) -> None:  # the default keeps the graph's output alive
         graph.replay()
 
-    return replay
+    return replay, capture
 
 
 def _inference_metrics(
@@ -234,11 +252,23 @@ def _inference_metrics(
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
-    """Measure one (method, size, option) case in this process; returns ``{metrics, weights}``."""
+    """Measure one (method, size, option) case in this process; returns ``{metrics, weights}``.
+    On CUDA the whole case runs with ``case["device"]`` as the current device (``cuda:N``: its
+    streams, its graph capture)."""
+    import torch
+
+    from crd.runtime import select_device
+
+    device = select_device(case["device"])
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+        return _run_case_on(case, device)
+
+
+def _run_case_on(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
     import torch
 
     from crd.profiling import count_parameters
-    from crd.runtime import configure_threads, select_device
+    from crd.runtime import configure_threads
 
     t_case = time.perf_counter()
     if case.get("method_files"):
@@ -247,7 +277,6 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
         use_method_models(load_method(Path(p)) for p in case["method_files"])
     configure_threads(case.get("threads"))
-    device = select_device(case["device"])
     option = case["option"]
     if option in CUDA_ONLY and device.type != "cuda":
         raise ValueError(f"option {option!r} needs a CUDA device, not {device}")
@@ -258,29 +287,74 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     fixed, moving = _random_pair(tuple(case["size"]), device)
     if option == "channels-last":
         model, fixed, moving = _to_channels_last(model, fixed, moving)
-    fn = _inference_call(model, fixed, moving, option, device)
+    fn, known = _inference_call(model, fixed, moving, option, device)
     metrics: dict[str, Any] = {"params": float(count_parameters(model))}
     metrics.update(_inference_metrics(fn, device, case["warmup"], case["repeats"]))
+    metrics.update(known)  # cuda-graphs: the capture's memory replaces the replays' allocator peak
     if case.get("train_step") and case.get("training") and option == "fp32" and count_parameters(model) > 0:
         metrics.update(_train_step_profile(case, model, device, fixed, moving))
     metrics["in_process_case_s"] = time.perf_counter() - t_case
-    return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "weights": weights}
+    result = {"metrics": {k: v for k, v in metrics.items() if v is not None}, "weights": weights}
+    if device.type == "cuda":
+        from crd.profiling import probe_nvml
+
+        result["nvml"] = probe_nvml(device).summary()  # which NVML figures this case's process had, and why not
+    return result
+
+
+class CaseOutOfMemory(Exception):
+    """A case ran out of (GPU or host) memory: a result of the case, not a crash of the bench."""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """True for PyTorch's CUDA OOM error and the CPU allocator's "can't allocate memory"."""
+    import torch
+
+    text = str(exc).lower()
+    return (
+        isinstance(exc, (CaseOutOfMemory, torch.cuda.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
 
 
 def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
+    """Run ``case`` in ``python -m crd.bench``; on CUDA, sample the device's used memory (NVML)
+    from here while the child runs, so that ``nvml_device_delta_peak_mb`` = its peak above the
+    level before the child started: the child's whole footprint (CUDA context, cache, peak) when
+    nothing else runs on the GPU, available where NVML has no per-process figure."""
     from crd.errors import CrdError
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "crd.bench", json.dumps(case)], capture_output=True, text=True, env=os.environ.copy()
-    )
+    sampler, base = None, None
+    if str(case["device"]).startswith("cuda"):
+        import torch
+
+        from crd.profiling import _Sampler, probe_nvml
+
+        probe = probe_nvml(torch.device(case["device"]))
+        if probe.device_used_mb is not None and (base := probe.device_used_mb()) is not None:
+            sampler = _Sampler(probe.device_used_mb, interval=2e-3)
+            sampler.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "crd.bench", json.dumps(case)], capture_output=True, text=True, env=os.environ.copy()
+        )
+    finally:
+        peak = sampler.stop() if sampler is not None else None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_RESULT_TAG):
-            return json.loads(line[len(_RESULT_TAG) :])
+            result = json.loads(line[len(_RESULT_TAG) :])
+            if peak is not None and base is not None:
+                result["metrics"]["nvml_device_delta_peak_mb"] = max(0.0, peak - base)
+            return result
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    raise CrdError(
+    message = (
         f"bench case {case['method']} {_size_name(tuple(case['size']))} {case['option']} failed "
         f"(exit {proc.returncode}): " + " | ".join(tail)
     )
+    if _is_out_of_memory(RuntimeError(" ".join(tail))) or proc.returncode == -9:  # -9: the kernel's OOM killer
+        raise CaseOutOfMemory(message)
+    raise CrdError(message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,12 +442,27 @@ def _cases(
                 }
 
 
-def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device) -> dict[str, Any]:
+def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device, keep_going: bool) -> dict[str, Any]:
     """Run one case (in a subprocess or here) and add its wall time ``case_wall_s`` (seconds) to the
-    metrics; on CUDA in-process, free the case's cached memory (and graph pool) afterwards."""
+    metrics; on CUDA in-process, free the case's cached memory (and graph pool) afterwards.
+
+    Running out of memory is a result: the metrics are ``{"out_of_memory": 1}`` and ``status``
+    says so. Any other error is raised, or with ``keep_going`` recorded as ``{"failed": 1}`` with
+    the error in ``status``. Returns ``{metrics, weights, status}`` (``status`` ``"ok"`` or why not)."""
     t0 = time.perf_counter()
-    result = _run_case_subprocess(case) if in_subprocess else run_case(case)
-    if not in_subprocess and dev.type == "cuda":  # free this case's cache (and graph pool)
+    status = "ok"
+    try:
+        result = _run_case_subprocess(case) if in_subprocess else run_case(case)
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            status = "out of memory: " + " ".join(str(exc).split())[:300]
+            result = {"metrics": {"out_of_memory": 1.0}, "weights": None}
+        elif keep_going:
+            status = f"failed: {type(exc).__name__}: " + " ".join(str(exc).split())[:300]
+            result = {"metrics": {"failed": 1.0}, "weights": None}
+        else:
+            raise
+    if not in_subprocess and dev.type == "cuda":  # free this case's cache (and graph pool), also after an OOM
         import gc
 
         import torch
@@ -382,7 +471,7 @@ def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device) -> di
         torch.cuda.empty_cache()
     metrics = dict(result["metrics"])
     metrics["case_wall_s"] = time.perf_counter() - t0
-    return {"metrics": metrics, "weights": result["weights"]}
+    return {"metrics": metrics, "weights": result["weights"], "status": status, "nvml": result.get("nvml")}
 
 
 def _rows(case: dict[str, Any], device_type: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -426,14 +515,25 @@ def _sidecar(
     in_subprocess: bool,
     weights: dict[str, str],
     t_start: float,
+    *,
+    statuses: dict[str, str],
+    nvml: dict[str, Any] | None,
+    complete: bool,
 ) -> dict[str, Any]:
     """The JSON sidecar of the table: the device (with the threads configured now), the settings, the
-    weights each method used, and the bench's wall time in seconds since ``t_start``."""
+    weights each method used, each case's status that is not ``ok`` (``"<size> <option>
+    <method>": "out of memory: ..."``), whether every case has run (``complete``), and the bench's
+    wall time in seconds since ``t_start``."""
     from crd.profiling import device_description
 
+    device = device_description(dev)
+    if nvml is not None:  # what the cases' processes saw (the parent of subprocess cases has no CUDA context)
+        device["nvml"] = nvml
     return {
         "kind": "bench",
-        "device": device_description(dev),
+        "complete": complete,
+        "cases_not_ok": {k: v for k, v in statuses.items() if v != "ok"},
+        "device": device,
         "methods": list(methods),
         "sizes": [_size_name(s) for s in sizes],
         "options": ["fp32", *options],
@@ -462,9 +562,16 @@ def run_bench(
     train_step: bool = False,
     threads: int | None = None,
     isolate: str = "auto",
+    keep_going: bool = False,
     log=print,
 ) -> Path:
     """Measure every (method, size, option) case; write the tidy CSV ``out`` and its sidecar.
+
+    The table and sidecar are rewritten (atomically) after every case, the sidecar's ``complete``
+    false until the last, so a bench stopped by a time limit keeps every case it finished. A case
+    that runs out of memory is recorded (metric ``out_of_memory`` = 1, its status in the sidecar)
+    and the bench goes on; with ``keep_going`` any other failing case is recorded likewise
+    (``failed`` = 1) instead of stopping the bench.
 
     Raises ``ValueError`` for unknown methods/options, options the device cannot run, methods
     without a model, or bad repeat counts.
@@ -483,36 +590,57 @@ def run_bench(
     settings = {"device": str(dev), "repeats": repeats, "warmup": warmup, "threads": threads, "train_step": train_step}
     rows: list[dict[str, Any]] = []
     weights: dict[str, str] = {}
+    statuses: dict[str, str] = {}
+    nvml: dict[str, Any] | None = None
     t_start = time.perf_counter()
+    out = Path(out)
+
+    def write(complete: bool) -> None:  # after every case, so a killed bench keeps what it measured
+        write_text_atomic(out, _table(rows).to_csv(index=False))
+        sidecar = _sidecar(
+            dev, methods, sizes, options, settings, in_subprocess, weights, t_start,
+            statuses=statuses, nvml=nvml, complete=complete,
+        )  # fmt: skip
+        write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+
     for case in _cases(specs, methods, sizes, options, checkpoints_dir, settings):
-        result = _measure(case, in_subprocess, dev)
+        result = _measure(case, in_subprocess, dev, keep_going)
         metrics = result["metrics"]
-        weights[case["method"]] = result["weights"]
+        name = f"{_size_name(tuple(case['size']))} {case['option']} {case['method']}"
+        statuses[name] = result["status"]
+        nvml = nvml or result.get("nvml")
+        if result["weights"] is not None:
+            weights[case["method"]] = result["weights"]
+        what = (
+            f"median {metrics['latency_median_s']:.4f} s" if result["status"] == "ok" else result["status"].upper()
+        )
         log(
             f"bench {_size_name(tuple(case['size']))} {case['option']:13s} {case['method']:8s} "
-            f"median {metrics['latency_median_s']:.4f} s, case {metrics['case_wall_s']:.1f} s"
+            f"{what}, case {metrics['case_wall_s']:.1f} s"
         )
         rows.extend(_rows(case, dev.type, metrics))
-    out = Path(out)
-    write_text_atomic(out, _table(rows).to_csv(index=False))
+        write(complete=False)
     configure_threads(threads)
-    sidecar = _sidecar(dev, methods, sizes, options, settings, in_subprocess, weights, t_start)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
+    write(complete=True)
     return out
 
 
 def summary(table_path: Path) -> str:
-    """Plain-text table: per size and options, median latency, peak RSS / allocator peak, ratios."""
+    """Plain-text table: per size and options, median latency, peak RSS / allocator peak, ratios;
+    on CUDA also NVML's figure (per process, or the device-level delta of a subprocess case);
+    ``OUT OF MEMORY`` / ``FAILED`` for such cases."""
     import pandas as pd
 
     t = pd.read_csv(table_path)
     lines = []
     mem_metric = "cuda_alloc_peak_mb" if (t.metric == "cuda_alloc_peak_mb").any() else "peak_rss_mb"
+    cuda = mem_metric == "cuda_alloc_peak_mb"
     for (size, options), g in t.groupby(["size", "options"], sort=False):
         lines.append(f"{size} {options} ({g.device.iloc[0]})")
         lines.append(
-            f"  {'method':9s} {'median s':>10s} {'x hr':>6s} {mem_metric:>18s} {'x hr':>6s} "
-            f"{'proc peak RSS MB':>17s} {'params':>9s}"
+            f"  {'method':11s} {'median s':>10s} {'x hr':>6s} {mem_metric:>18s} {'x hr':>6s} "
+            + (f"{'NVML MB':>9s} " if cuda else f"{'proc peak RSS MB':>17s} ")
+            + f"{'params':>9s}"
         )
         for method, m in g.groupby("method", sort=False):
             v = m.set_index("metric")
@@ -520,11 +648,24 @@ def summary(table_path: Path) -> str:
             def val(k: str, col: str = "value", v=v) -> float:
                 return float(v[col][k]) if k in v.index else math.nan
 
+            if "out_of_memory" in v.index or "failed" in v.index:
+                lines.append(f"  {method:11s} {'OUT OF MEMORY' if 'out_of_memory' in v.index else 'FAILED'}")
+                continue
+            nvml = val("nvml_peak_mb")
+            nvml = val("nvml_device_delta_peak_mb") if math.isnan(nvml) else nvml
             lines.append(
-                f"  {method:9s} {val('latency_median_s'):10.4f} {val('latency_median_s', 'ratio_to_hr'):6.2f} "
+                f"  {method:11s} {val('latency_median_s'):10.4f} {val('latency_median_s', 'ratio_to_hr'):6.2f} "
                 f"{val(mem_metric):18.1f} {val(mem_metric, 'ratio_to_hr'):6.2f} "
-                f"{val('process_peak_rss_mb'):17.1f} {val('params'):9.0f}"
+                + (f"{nvml:9.0f} " if cuda else f"{val('process_peak_rss_mb'):17.1f} ")
+                + f"{val('params'):9.0f}"
             )
+            if "train_step_s" in v.index:
+                train_mem = "train_cuda_alloc_peak_mb" if cuda else "train_peak_rss_mb"
+                step, step_ratio = val("train_step_s"), val("train_step_s", "ratio_to_hr")
+                lines.append(
+                    f"  {'':11s} train step {step:.4f} s ({step_ratio:.2f} x hr),"
+                    f" {train_mem} {val(train_mem):.1f} ({val(train_mem, 'ratio_to_hr'):.2f} x hr)"
+                )
     return "\n".join(lines)
 
 

@@ -287,6 +287,7 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from crd.bench import parse_size, run_bench, summary
+    from crd.errors import CrdError
 
     options = [
         flag
@@ -311,9 +312,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         train_step=args.train_step,
         threads=args.threads,
         isolate=args.isolate,
+        keep_going=args.keep_going,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(summary(out))
+    failed = json.loads(out.with_suffix(".json").read_text())["cases_not_ok"]
+    if any(status.startswith("failed") for status in failed.values()):
+        raise CrdError(f"{out}: some cases failed (their rows say failed = 1): " + "; ".join(failed))
 
 
 def _add_common(p: argparse.ArgumentParser, *, threads: bool = True) -> None:
@@ -546,6 +551,12 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "process", "none"],
         default="auto",
         help="one subprocess per case (auto: on the CPU only)",
+    )
+    b.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="record a failing case (metric failed = 1, the error in the sidecar) and go on; exit 2 at the end"
+        " (a case out of memory is always recorded as out_of_memory = 1 and the bench goes on)",
     )
     b.add_argument("--out", required=True, help="tidy CSV to write (+ .json sidecar)")
     b.set_defaults(func=_cmd_bench)

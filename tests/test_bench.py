@@ -100,3 +100,67 @@ def test_report_efficiency_section(tmp_path):
     assert "0.15×" in html and "0.12×" in html  # crd's time and memory ratios to hr
     with pytest.raises(ValueError, match="bench table"):
         build_report(tables, tmp_path / "r2.html", bench=tmp_path / "missing.csv")
+
+
+def _failing_case(monkeypatch, failures):
+    """Make ``run_case`` raise ``failures[method]`` for the named methods (in-process cases)."""
+    import crd.bench as B
+
+    real = B.run_case
+
+    def run_case(case):
+        if case["method"] in failures:
+            raise failures[case["method"]]
+        return real(case)
+
+    monkeypatch.setattr(B, "run_case", run_case)
+
+
+def test_a_case_out_of_memory_is_a_row_and_the_bench_goes_on(tmp_path, monkeypatch):
+    import torch
+
+    _failing_case(monkeypatch, {"lr": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20 GiB")})
+    out = run_bench(
+        "baselines", ["hr", "lr", "identity"], [(32, 32, 32)], tmp_path / "b.csv",
+        device="cpu", repeats=1, warmup=0, isolate="none", log=lambda line: None,
+    )  # fmt: skip
+    t = pd.read_csv(out)
+    lr = t[t.method == "lr"].set_index("metric")
+    assert set(lr.index) == {"out_of_memory", "case_wall_s"} and lr.loc["out_of_memory", "value"] == 1.0
+    assert "latency_median_s" in set(t[t.method == "identity"].metric)  # the case after it ran
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["complete"] is True
+    assert list(side["cases_not_ok"]) == ["32x32x32 fp32 lr"]
+    assert side["cases_not_ok"]["32x32x32 fp32 lr"].startswith("out of memory: CUDA out of memory")
+    from crd.bench import summary
+
+    assert "lr          OUT OF MEMORY" in summary(out)
+
+
+def test_other_failures_stop_the_bench_unless_keep_going(tmp_path, monkeypatch, capsys):
+    _failing_case(monkeypatch, {"lr": RuntimeError("no compiler found")})
+    out = tmp_path / "b.csv"
+    argv = ["bench", "--methods", "hr", "lr", "identity", "--sizes", "32", "--device", "cpu", "--isolate", "none"]
+    argv += ["--repeats", "1", "--warmup", "0", "--out", str(out)]
+    with pytest.raises(RuntimeError, match="no compiler"):
+        main(argv)
+    # written after every case: the case before the failure is kept, the sidecar says incomplete
+    assert set(pd.read_csv(out).method) == {"hr"}
+    assert json.loads(out.with_suffix(".json").read_text())["complete"] is False
+
+    assert main([*argv, "--keep-going"]) == 2
+    err = capsys.readouterr().err
+    assert "some cases failed" in err and "32x32x32 fp32 lr" in err
+    t = pd.read_csv(out)
+    assert set(t.method) == {"hr", "lr", "identity"}
+    assert t[(t.method == "lr") & (t.metric == "failed")].value.tolist() == [1.0]
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert side["complete"] is True and "no compiler found" in side["cases_not_ok"]["32x32x32 fp32 lr"]
+
+
+def test_a_subprocess_case_out_of_memory_is_recognised():
+    from crd.bench import _is_out_of_memory
+
+    assert _is_out_of_memory(RuntimeError("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"))
+    assert _is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9e12"))
+    assert not _is_out_of_memory(RuntimeError("shape mismatch"))
