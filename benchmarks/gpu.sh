@@ -1,31 +1,104 @@
 #!/usr/bin/env bash
-# The whole efficiency bench on a lent GPU, inside 8 minutes; tables (+ .json sidecars, printed
-# summaries) under $OUT (default results/bench-gpu). Run from the repository root:
-#   OUT=/some/dir bash benchmarks/gpu.sh
-# 1. every method at 160x192x224 and 128^3, fp32 + bf16 + channels-last + CUDA graphs (each its
-#    own case), one training step per method, all in one process (allocator peak reset between);
-# 2. hr and crd with torch.compile (compilation is slow, so only these two, at 160x192x224);
-# 3. hr and crd each in a fresh process: NVML per-process figures without other models' cache,
-#    so NVML minus the allocator peak shows the CUDA context's share.
-# Each step has its own time limit, so one slow step cannot take the others' time.
+# Everything a lent GPU should check, most valuable first, inside a time budget (default 420 s):
+#
+#   OUT=/some/dir bash benchmarks/gpu.sh          # on a CUDA machine
+#   OUT=/tmp/gpu-dry bash benchmarks/gpu.sh --cpu # dry run: the same steps and files on the CPU, tiny sizes
+#
+# Steps (each its own time limit; a step that would start after the budget is skipped, said so):
+#   paper     crd bench: fp32 hr, lr, crd at 160x192x224 (the paper's comparison), in one process
+#   train     benchmarks/train_check.py run: a short training of every default method on a small copy
+#             of the embedded dataset (40 iterations), evaluation of each, the HTML report
+#   resume    benchmarks/train_check.py resume: hr training killed (SIGKILL) after a resume state, restarted
+#   options   crd bench: every default network at 160x192x224, fp32 + bf16 + channels-last + CUDA graphs,
+#             one training step each (fp32)
+#   mid       crd bench: every default network at 128x128x128, fp32 + bf16
+#   isolated  crd bench: hr and crd each in a fresh process (NVML's per-process figure without other
+#             cases' cache; the device-level delta sampled by the parent, for NVML without per-process data)
+#   sampler   benchmarks/sampler_overhead.py: does the NVML sampler thread slow short calls?
+#   datapath  benchmarks/data_path.py --step: the data path against one hr training step
+#   compile   crd bench: hr and crd with torch.compile (cold compilation: slow, so last)
+#
+# Output, under $OUT (default results/gpu-check): gpu.log (everything printed, written as it goes),
+# gpu-results.tar.gz (every table, sidecar, log and the report, repacked after each step, so a
+# killed run keeps the steps it finished); the bench tables are also written after every case.
+# Exit status: 0 when every step ran and succeeded, 1 otherwise (failures listed at the end).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-results/bench-gpu}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's crd, also where it is not installed
+MODE=cuda
+PY=${PYTHON:-python3}  # the interpreter with torch (and crd's dependencies)
+[[ "${1:-}" == "--cpu" ]] && MODE=cpu
+OUT=${OUT:-results/gpu-check}
+BUDGET=${BUDGET:-420}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/crd-gpu-check.XXXXXX")
 mkdir -p "$OUT"
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" > "$OUT/torch.txt" 2>&1 || true
-METHODS="hr lr hr-half fst crd identity"
+exec > >(tee "$OUT/gpu.log") 2>&1
 
-timeout 270 python -m crd bench --methods $METHODS --sizes 160x192x224 128x128x128 --device cuda \
-    --repeats 20 --warmup 5 --bf16 --channels-last --cuda-graphs --train-step \
-    --out "$OUT/gpu_all.csv" > "$OUT/gpu_all.txt" 2> "$OUT/gpu_all.log" || echo "step 1 failed: $?" >> "$OUT/failures.txt"
+if [[ $MODE == cuda ]]; then
+    DEV=cuda BIG=160x192x224 MID=128x128x128 REPEATS=(--repeats 20 --warmup 5) GRAPHS=--cuda-graphs
+    CHECK=(--iterations 40 --config config.yaml) RESUME_IT=120 THREADS=()
+else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graphs need CUDA: left out)
+    DEV=cpu BIG=32x64x64 MID=32x32x32 REPEATS=(--repeats 2 --warmup 1) GRAPHS=
+    CHECK=(--iterations 4 --config config.yaml config/smoke.yaml) RESUME_IT=24 THREADS=(--threads 2)
+fi
+NETWORKS=(hr lr hr-half fst crd fourier-net identity)
+FAILED=()
 
-timeout 150 python -m crd bench --methods hr crd --sizes 160x192x224 --device cuda \
-    --repeats 20 --warmup 5 --compile \
-    --out "$OUT/gpu_compile.csv" > "$OUT/gpu_compile.txt" 2> "$OUT/gpu_compile.log" || echo "step 2 failed: $?" >> "$OUT/failures.txt"
+pack() {  # every file of the check so far, into one archive (the device tool returns at most 8 files)
+    tar czf "$OUT/gpu-results.tmp.tar.gz" --exclude='*.pt' --exclude='*.nii.gz' --exclude='.*.resume' -C "$WORK" . && mv "$OUT/gpu-results.tmp.tar.gz" "$OUT/gpu-results.tar.gz"
+}
 
-timeout 60 python -m crd bench --methods hr crd --sizes 160x192x224 --device cuda --isolate process \
-    --repeats 20 --warmup 5 \
-    --out "$OUT/gpu_isolated.csv" > "$OUT/gpu_isolated.txt" 2> "$OUT/gpu_isolated.log" || echo "step 3 failed: $?" >> "$OUT/failures.txt"
+step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, print its output, pack the results
+    local name=$1 limit=$2 left=$((BUDGET - SECONDS)) t0=$SECONDS rc
+    shift 2
+    if ((left < 15)); then
+        echo "== $name: SKIPPED (the ${BUDGET} s budget is spent)"
+        FAILED+=("$name(skipped)")
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "== $name (limit ${limit} s, at ${SECONDS} s): $*"
+    timeout -k 10 "$limit" "$@" > "$WORK/$name.txt" 2> "$WORK/$name.log"
+    rc=$?
+    cat "$WORK/$name.txt"
+    echo "== $name: exit $rc after $((SECONDS - t0)) s$( ((rc == 124 || rc == 137)) && echo ' (TIME LIMIT)')"
+    if ((rc != 0)); then
+        FAILED+=("$name(exit $rc)")
+        tail -n 20 "$WORK/$name.log"
+    fi
+    pack
+}
 
-cat "$OUT"/gpu_*.txt
+bench() {  # bench NAME LIMIT_S crd-bench-arguments...
+    local name=$1 limit=$2
+    shift 2
+    step "$name" "$limit" "$PY" -m crd bench --device "$DEV" "${REPEATS[@]}" "${THREADS[@]}" --keep-going \
+        --out "$WORK/$name.csv" "$@"
+}
+
+echo "gpu.sh: mode $MODE, budget ${BUDGET} s, work folder $WORK, output $OUT, $(date -u +%FT%TZ)"
+(nvidia-smi || echo "no nvidia-smi") > "$WORK/nvidia-smi.txt" 2>&1
+"$PY" - <<'EOF' || { echo "gpu.sh: python cannot import what crd needs (see above)"; exit 1; }
+import importlib, torch
+missing = [m for m in ("monai", "nibabel", "jsonschema", "pandas", "jinja2", "matplotlib", "psutil", "pynvml")
+           if importlib.util.find_spec(m) is None]
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "device",
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+if missing:
+    raise SystemExit(f"missing Python packages: {', '.join(missing)} (pip install -e . installs them)")
+EOF
+
+bench paper 90 --methods hr lr crd --sizes "$BIG" --isolate none
+step train 200 "$PY" benchmarks/train_check.py run --device "$DEV" --work "$WORK/train" "${CHECK[@]}"
+step resume 60 "$PY" benchmarks/train_check.py resume --device "$DEV" --work "$WORK/resume" \
+    "${CHECK[@]}" --iterations "$RESUME_IT"
+bench options 150 --methods "${NETWORKS[@]}" --sizes "$BIG" --isolate none --bf16 --channels-last $GRAPHS --train-step
+bench mid 60 --methods "${NETWORKS[@]}" --sizes "$MID" --isolate none --bf16
+bench isolated 60 --methods hr crd --sizes "$BIG" --isolate process
+step sampler 40 "$PY" benchmarks/sampler_overhead.py --device "$DEV" "${THREADS[@]}" --out "$WORK/sampler.csv"
+step datapath 45 "$PY" benchmarks/data_path.py --size "$BIG" --device "$DEV" "${THREADS[@]}" --step
+bench compile 120 --methods hr crd --sizes "$BIG" --isolate none --compile
+
+pack
+echo "gpu.sh: done after ${SECONDS} s; failed or skipped: ${FAILED[*]:-none}"
+((${#FAILED[@]} == 0))

@@ -1,7 +1,10 @@
 """Validation of the workflow's ``config.yaml`` against its JSON schema, with readable errors.
 
 Used by the Snakefile (which must not import torch): only the standard library, PyYAML and
-jsonschema (both Snakemake dependencies). Defaults written in the schema are filled in.
+jsonschema (both Snakemake dependencies). Defaults written in the schema are filled in. Also the
+two pieces of the configuration's meaning that the workflow's rules and scripts outside Snakemake
+(benchmarks/train_check.py) share: a method's train block and a synth dataset's ``crd generate``
+arguments.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "validate_config"]
+__all__ = ["ConfigError", "validate_config", "load_config", "train_block", "generate_arguments"]
 
 
 class ConfigError(ValueError):
@@ -49,3 +52,39 @@ def validate_config(config: dict[str, Any], schema_path: Path) -> dict[str, Any]
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise ConfigError("; ".join(lines) + more + f" [schema: {schema_path}]")
     return config
+
+
+def load_config(paths: list[Path], schema_path: Path) -> dict[str, Any]:
+    """The configuration of ``paths`` layered as Snakemake's ``--configfile a b`` does (a later
+    file's top-level keys replace, dicts merged key by key), validated with defaults filled in."""
+    import yaml
+
+    config: dict[str, Any] = {}
+    for path in paths:
+        _merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(config, schema_path)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    """Snakemake's recursive update of a config dict: nested dicts merged, other values replaced."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def train_block(config: dict[str, Any], method: str, method_train: dict[str, Any]) -> dict[str, Any]:
+    """A method's train settings: the config's ``train`` block < the method file's ``TRAIN``
+    (``method_train``) < the config's ``method_train[method]``."""
+    return {**config["train"], **method_train, **config.get("method_train", {}).get(method, {})}
+
+
+def generate_arguments(generate: dict[str, Any]) -> list[str]:
+    """``crd generate synth`` options from a dataset's ``generate:`` block, one list item per
+    word (``{"shape": [32, 64, 64]}`` -> ``["--shape", "32", "64", "64"]``), not shell-quoted."""
+    args: list[str] = []
+    for key, value in generate.items():
+        values = value if isinstance(value, list) else [value]
+        args += [f"--{key.replace('_', '-')}", *(str(v) for v in values)]
+    return args

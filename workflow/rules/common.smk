@@ -16,7 +16,7 @@ shell.prefix("set -euo pipefail; export PYTHONPATH={REPO:q}${{PYTHONPATH:+:$PYTH
 
 from crd.data import catalog  # noqa: E402  (stdlib-only module)
 from crd.methods import MethodError, load_methods  # noqa: E402  (stdlib-only module)
-from crd.workflow_config import ConfigError, validate_config  # noqa: E402
+from crd.workflow_config import ConfigError, generate_arguments, train_block, validate_config  # noqa: E402
 
 try:
     validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -106,7 +106,7 @@ def report_path():
 
 def _train_block(method):
     """config train block < the method file's TRAIN < config method_train[method]."""
-    return {**config["train"], **METHODS[method].train, **config.get("method_train", {}).get(method, {})}
+    return train_block(config, method, METHODS[method].train)
 
 
 def train_settings(method, seed):
@@ -157,13 +157,7 @@ def _option(flag, path):
 
 def generate_args(dataset):
     """`crd generate` options from the dataset's `generate:` block, each value shell-quoted."""
-    g = config["datasets"][dataset].get("generate", {})
-    args = []
-    for key, value in g.items():
-        flag = f"--{key.replace('_', '-')}"
-        values = value if isinstance(value, list) else [value]
-        args.append(" ".join([flag, *(shlex.quote(str(v)) for v in values)]))
-    return " ".join(args)
+    return shlex.join(generate_arguments(config["datasets"][dataset].get("generate", {})))
 
 
 def source_dir(dataset):

@@ -1,0 +1,254 @@
+"""A short training, evaluation and report of every default method on one device, and a
+killed-and-resumed training: the checks `benchmarks/gpu.sh` runs on a lent GPU (where Snakemake is
+not installed), so a first CUDA run exercises train / evaluate / resume / report, not only the bench.
+
+It runs the same commands as the workflow's rules (``python -m crd generate|train|evaluate|report``
+with the settings the rules pass: the configuration's train block merged with each method file's
+``TRAIN`` and ``method_train``, by :func:`crd.workflow_config.train_block`), on a smaller copy of the
+default dataset and with a few dozen iterations, one job after the other. Its Dice figures mean
+nothing (a few dozen steps); it shows that every stage runs on the device and what each costs there.
+
+    python benchmarks/train_check.py run --device cuda --work results/gpu-check/train
+    python benchmarks/train_check.py resume --device cuda --work results/gpu-check/resume
+
+``run`` prints one line per job (exit status, seconds) and a table per method: mean Dice over the
+test pairs, seconds per pair, the peak memory per pair (``cuda_alloc_peak_mb`` / ``nvml_peak_mb`` on
+CUDA, ``peak_rss_mb`` on the CPU). ``resume`` starts ``crd train``, kills it (SIGKILL) once it has
+saved a resume state, starts it again with the same command, and checks that the second run
+resumed (``resumed_at`` > 0 in the checkpoint) and finished every iteration. Exit status 1 when a
+job failed or the resumed run did not resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from crd.workflow_config import generate_arguments, load_config, train_block  # noqa: E402
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+#: the default dataset, smaller: 12 subjects (2 validation, 3 test: 6 test pairs)
+SMALL = {"subjects": 12, "val": 2, "test": 3}
+
+
+def _job(name: str, argv: list[str], log: Path) -> bool:
+    """Run ``python -m crd <argv>`` with output to ``log``; print one line; True on success."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(
+            [sys.executable, "-m", "crd", *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO
+        ).returncode
+    print(f"{name:28s} exit {rc}  {time.perf_counter() - t0:6.1f} s", flush=True)
+    if rc != 0:
+        print("  " + "\n  ".join(log.read_text().strip().splitlines()[-8:]), flush=True)
+    return rc == 0
+
+
+def _config(config_files: list[str]) -> dict:
+    return load_config([REPO / f for f in config_files], SCHEMA)
+
+
+def _methods(config: dict):
+    from crd.methods import load_methods
+
+    return load_methods(REPO / config["baselines"], config["methods"])
+
+
+def _generate(config: dict, data: Path) -> bool:
+    (name, spec), *_ = ((n, s) for n, s in config["datasets"].items() if s["source"] == "synth")
+    block = {**spec.get("generate", {}), **SMALL}
+    args = ["generate", "synth", str(data), *generate_arguments(block), "--overwrite", "--no-progress"]
+    return _job(f"generate {name}", args, data.parent / "logs" / "generate.log")
+
+
+def _train_args(config, spec, data: Path, models: Path, settings: dict, device: str) -> list[str]:
+    args = ["train", "--data", str(data), "--method-file", str(spec.path), "--out", str(models / f"{spec.name}.pt")]
+    args += ["--settings", json.dumps(settings, sort_keys=True), "--device", device, "--no-progress"]
+    if spec.init:
+        args += ["--init", str(models / f"{spec.init}.pt")]
+    if spec.teacher:
+        args += ["--teacher", str(models / f"{spec.teacher}.pt")]
+    return args
+
+
+def _settings(config: dict, spec, iterations: int) -> dict:
+    """The method's train block as the workflow passes it, with ``iterations`` (a method whose
+    block sets fewer than the default keeps its share) and checkpoints every quarter."""
+    block = train_block(config, spec.name, spec.train)
+    share = block["iterations"] / config["train"]["iterations"]
+    block["iterations"] = max(2, round(iterations * share))
+    block["checkpoint_every"] = max(1, block["iterations"] // 4)
+    block["val_pairs"] = 1
+    block["seed"] = 0
+    block.pop("processes", None)
+    return block
+
+
+def _order(specs: dict) -> list[str]:
+    """The methods with their ``init`` / ``teacher`` first."""
+    done: list[str] = []
+
+    def visit(name: str) -> None:
+        for need in specs[name].needs:
+            visit(need)
+        if name not in done:
+            done.append(name)
+
+    for name in specs:
+        visit(name)
+    return done
+
+
+def _summary(tables: list[Path]) -> str:
+    import pandas as pd
+
+    lines = [f"{'method':12s} {'pairs':>5s} {'Dice':>6s} {'s/pair':>8s} {'peak MB/pair':>24s}"]
+    for table in tables:
+        t = pd.read_csv(table)
+        per_pair = t[t.label.isna() & t.fixed.notna()]  # one row per pair and metric (Dice: the mean over labels)
+        mean = per_pair.groupby("metric").value.mean()
+        mem = [f"{k[:-3]} {mean[k]:.0f}" for k in ("cuda_alloc_peak_mb", "nvml_peak_mb", "peak_rss_mb") if k in mean]
+        pairs = int((per_pair.metric == "dice").sum())
+        lines.append(
+            f"{table.stem:12s} {pairs:5d} {mean.get('dice', float('nan')):6.3f} "
+            f"{mean.get('time_s', float('nan')):8.4f} {', '.join(mem):>24s}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Generate, train every trained method (dependencies first), evaluate every reported method
+    that the generic rules handle, build the report."""
+    config = _config(args.config)
+    specs = _methods(config)
+    work = Path(args.work).resolve()
+    data, models, evals = work / "data" / "synth", work / "models", work / "eval"
+    ok = _generate(config, data)
+    trained = [m for m in _order(specs) if specs[m].has_checkpoint]
+    skipped = [m for m in config["methods"] if specs[m].rule_file is not None]
+    if skipped:
+        print(f"not run here (own rule files, run on the CPU by their rules): {', '.join(skipped)}")
+    for name in trained:
+        if not ok:
+            break
+        settings = _settings(config, specs[name], args.iterations)
+        ok = _job(f"train {name} ({settings['iterations']} it)", _train_args(
+            config, specs[name], data, models, settings, args.device), work / "logs" / f"train_{name}.log")  # fmt: skip
+    tables = []
+    for name in config["methods"]:
+        spec = specs[name]
+        if not ok or spec.rule_file is not None:
+            continue
+        table = evals / f"{name}.csv"
+        argv = ["evaluate", "--data", str(data), "--method-file", str(spec.path), "--seed", "0", "--out", str(table)]
+        argv += ["--device", args.device, "--no-progress"]
+        if spec.has_checkpoint:
+            argv += ["--checkpoint", str(models / f"{name}.pt")]
+        ok = _job(f"evaluate {name}", argv, work / "logs" / f"evaluate_{name}.log")
+        tables.append(table)
+    if ok:
+        histories = [str(models / f"{m}.history.csv") for m in trained]
+        argv = ["report", "--tables", *map(str, tables), "--histories", *histories, "--out", str(work / "report.html")]
+        ok = _job("report", [*argv, "--baseline", config["report_baseline"]], work / "logs" / "report.log")
+    if tables and all(t.is_file() for t in tables):
+        print(_summary(tables))
+    return 0 if ok else 1
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process below it (torchrun starts its workers in sessions of
+    their own, so killing the launcher's process group alone would leave them running)."""
+    import psutil
+
+    try:
+        victims = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        victims = []
+    for p in victims:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(victims[1:], timeout=10)
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Kill a training once it has saved a resume state; start it again; check it resumed."""
+    import torch
+
+    config = _config(args.config)
+    specs = _methods(config)
+    work = Path(args.work).resolve()
+    data, models = work / "data" / "synth", work / "models"
+    if not _generate(config, data):
+        return 1
+    spec = specs[args.method]
+    settings = _settings(config, spec, args.iterations)
+    settings["checkpoint_every"] = max(1, settings["iterations"] // 6)
+    launcher = [sys.executable, "-m"]
+    if args.processes > 1:  # data-parallel under torchrun: nccl on CUDA (one GPU per process), gloo on the CPU
+        launcher += ["torch.distributed.run", "--standalone", "--nproc-per-node", str(args.processes), "-m"]
+        settings["batch_size"] = args.processes * settings.get("batch_size", 1)
+    argv = [*launcher, "crd", *_train_args(config, spec, data, models, settings, args.device)]
+    state = models / f".{spec.name}.pt.resume"
+    log = work / "logs" / "train_killed.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        while proc.poll() is None and not state.is_file():
+            time.sleep(0.05)
+        time.sleep(0.2)  # the state file appears by an atomic rename: complete once it exists
+        if proc.poll() is not None:
+            print(f"the first run ended (exit {proc.returncode}) before it could be killed; see {log}")
+            return 1
+        _kill_tree(proc)
+    print(f"killed {spec.name} training after {time.perf_counter() - t0:.1f} s (resume state {state.name} saved)")
+    log = work / "logs" / "train_resumed.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    print(f"train {spec.name} again: exit {rc}  {time.perf_counter() - t0:.1f} s", flush=True)
+    if rc != 0:
+        print("  " + "\n  ".join(log.read_text().strip().splitlines()[-8:]), flush=True)
+        return 1
+    training = torch.load(models / f"{spec.name}.pt", map_location="cpu", weights_only=True)["training"]
+    import pandas as pd
+
+    history = pd.read_csv(models / f"{spec.name}.history.csv")
+    resumed_at, iterations = training.get("resumed_at"), settings["iterations"]
+    duplicates = int(history.duplicated(["iteration", "metric"]).sum())
+    last = int(history.iteration.max())
+    ok = bool(resumed_at) and not state.exists() and last == iterations and duplicates == 0
+    print(
+        f"{'RESUMED' if ok else 'NOT RESUMED'}: resumed_at {resumed_at} of {iterations} iterations; history up to "
+        f"iteration {last}, {duplicates} duplicated rows; resume state removed: {not state.exists()}"
+    )
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("check", choices=["run", "resume"], help="run: train+evaluate+report; resume: kill and resume")
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
+    p.add_argument("--work", required=True, help="folder for the data, models, tables, logs and report")
+    p.add_argument("--iterations", type=int, default=40, help="training iterations of a full-budget method")
+    p.add_argument("--config", nargs="+", default=["config.yaml"], help="configuration files, layered")
+    p.add_argument("--method", default="hr", help="resume: the method to kill and resume (default hr)")
+    p.add_argument("--processes", type=int, default=1, help="resume: data-parallel processes under torchrun")
+    args = p.parse_args(argv)
+    return run(args) if args.check == "run" else resume(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
