@@ -295,10 +295,11 @@ def _run_case_on(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
         metrics.update(_train_step_profile(case, model, device, fixed, moving))
     metrics["in_process_case_s"] = time.perf_counter() - t_case
     result = {"metrics": {k: v for k, v in metrics.items() if v is not None}, "weights": weights}
-    if device.type == "cuda":
+    if device.type == "cuda":  # as this case's process had them: math settings (cuDNN autotuning is set here), NVML
         from crd.profiling import probe_nvml
+        from crd.runtime import math_settings
 
-        result["nvml"] = probe_nvml(device).summary()  # which NVML figures this case's process had, and why not
+        result["process"] = {**math_settings(), "nvml": probe_nvml(device).summary()}
     return result
 
 
@@ -471,7 +472,7 @@ def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device, keep_
         torch.cuda.empty_cache()
     metrics = dict(result["metrics"])
     metrics["case_wall_s"] = time.perf_counter() - t0
-    return {"metrics": metrics, "weights": result["weights"], "status": status, "nvml": result.get("nvml")}
+    return {"metrics": metrics, "weights": result["weights"], "status": status, "process": result.get("process")}
 
 
 def _rows(case: dict[str, Any], device_type: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -517,7 +518,7 @@ def _sidecar(
     t_start: float,
     *,
     statuses: dict[str, str],
-    nvml: dict[str, Any] | None,
+    process: dict[str, Any] | None,
     complete: bool,
 ) -> dict[str, Any]:
     """The JSON sidecar of the table: the device (with the threads configured now), the settings, the
@@ -527,8 +528,8 @@ def _sidecar(
     from crd.profiling import device_description
 
     device = device_description(dev)
-    if nvml is not None:  # what the cases' processes saw (the parent of subprocess cases has no CUDA context)
-        device["nvml"] = nvml
+    if process is not None:  # as the cases' processes had them (a parent of subprocess cases differs)
+        device.update(process)
     return {
         "kind": "bench",
         "complete": complete,
@@ -591,7 +592,7 @@ def run_bench(
     rows: list[dict[str, Any]] = []
     weights: dict[str, str] = {}
     statuses: dict[str, str] = {}
-    nvml: dict[str, Any] | None = None
+    process: dict[str, Any] | None = None
     t_start = time.perf_counter()
     out = Path(out)
 
@@ -599,7 +600,7 @@ def run_bench(
         write_text_atomic(out, _table(rows).to_csv(index=False))
         sidecar = _sidecar(
             dev, methods, sizes, options, settings, in_subprocess, weights, t_start,
-            statuses=statuses, nvml=nvml, complete=complete,
+            statuses=statuses, process=process, complete=complete,
         )  # fmt: skip
         write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
 
@@ -608,7 +609,7 @@ def run_bench(
         metrics = result["metrics"]
         name = f"{_size_name(tuple(case['size']))} {case['option']} {case['method']}"
         statuses[name] = result["status"]
-        nvml = nvml or result.get("nvml")
+        process = process or result.get("process")
         if result["weights"] is not None:
             weights[case["method"]] = result["weights"]
         what = (

@@ -135,6 +135,8 @@ def test_a_case_out_of_memory_is_a_row_and_the_bench_goes_on(tmp_path, monkeypat
     from crd.bench import summary
 
     assert "lr          OUT OF MEMORY" in summary(out)
+    html = build_report(make_tables(tmp_path / "eval"), tmp_path / "r.html", bench=out).read_text()
+    assert '<tr><td>lr</td><td colspan="6">out of memory</td></tr>' in html
 
 
 def test_other_failures_stop_the_bench_unless_keep_going(tmp_path, monkeypatch, capsys):

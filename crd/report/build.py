@@ -331,9 +331,15 @@ def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
                 x = float(v.loc[metric, col])
                 return None if math.isnan(x) else x
 
+            status = None  # a case that ran out of memory or failed has no figures, only this
+            if "out_of_memory" in v.index:
+                status = "out of memory"
+            elif "failed" in v.index:
+                status = "failed (see the bench log)"
             rows.append(
                 {
                     "method": method,
+                    "status": status,
                     "time": fmt_num(get("latency_median_s", "value")),
                     "spread": fmt_num(get("latency_iqr_s", "value")),
                     "time_ratio": fmt_ratio(get("latency_median_s", "ratio_to_hr")),
