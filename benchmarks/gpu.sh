@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should check, most valuable first, inside a time budget (default 420 s):
+# Everything a lent GPU should check, most valuable first, inside a time budget (default 460 s):
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh          # on a CUDA machine
 #   OUT=/tmp/gpu-dry bash benchmarks/gpu.sh --cpu # dry run: the same steps and files on the CPU, tiny sizes
 #
 # Steps (each its own time limit; a step that would start after the budget is skipped, said so):
+# STEPS="paper resume ..." runs only those steps (default: all).
 #   paper     crd bench: fp32 hr, lr, crd at 160x192x224 (the paper's comparison), in one process
 #   train     benchmarks/train_check.py run: a short training of every default method on a small copy
-#             of the embedded dataset (40 iterations), evaluation of each, the HTML report
+#             of the embedded dataset (40 iterations; 4 trainings side by side), evaluation of each,
+#             the HTML report
 #   resume    benchmarks/train_check.py resume: hr training killed (SIGKILL) after a resume state, restarted
 #   options   crd bench: every default network at 160x192x224, fp32 + bf16 + channels-last + CUDA graphs,
 #             one training step each (fp32)
@@ -29,17 +31,18 @@ MODE=cuda
 PY=${PYTHON:-python3}  # the interpreter with torch (and crd's dependencies)
 [[ "${1:-}" == "--cpu" ]] && MODE=cpu
 OUT=${OUT:-results/gpu-check}
-BUDGET=${BUDGET:-420}
+BUDGET=${BUDGET:-460}
+STEPS=" ${STEPS:-paper train resume options mid isolated sampler datapath compile} "  # a subset, e.g. STEPS="paper resume"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crd-gpu-check.XXXXXX")
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
 
 if [[ $MODE == cuda ]]; then
     DEV=cuda BIG=160x192x224 MID=128x128x128 REPEATS=(--repeats 20 --warmup 5) GRAPHS=--cuda-graphs
-    CHECK=(--iterations 40 --config config.yaml) RESUME_IT=120 THREADS=()
+    CHECK=(--iterations 40 --config config.yaml) RESUME_IT=120 THREADS=() JOBS=4 SAMPLER_S=10
 else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graphs need CUDA: left out)
     DEV=cpu BIG=32x64x64 MID=32x32x32 REPEATS=(--repeats 2 --warmup 1) GRAPHS=
-    CHECK=(--iterations 4 --config config.yaml config/smoke.yaml) RESUME_IT=24 THREADS=(--threads 2)
+    CHECK=(--iterations 4 --config config.yaml config/smoke.yaml) RESUME_IT=24 THREADS=(--threads 2) JOBS=1 SAMPLER_S=4
 fi
 NETWORKS=(hr lr hr-half fst crd fourier-net identity)
 FAILED=()
@@ -51,6 +54,7 @@ pack() {  # every file of the check so far, into one archive (the device tool re
 step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, print its output, pack the results
     local name=$1 limit=$2 left=$((BUDGET - SECONDS)) t0=$SECONDS rc
     shift 2
+    [[ $STEPS == *" $name "* ]] || return 0
     if ((left < 15)); then
         echo "== $name: SKIPPED (the ${BUDGET} s budget is spent)"
         FAILED+=("$name(skipped)")
@@ -89,13 +93,14 @@ if missing:
 EOF
 
 bench paper 90 --methods hr lr crd --sizes "$BIG" --isolate none
-step train 200 "$PY" benchmarks/train_check.py run --device "$DEV" --work "$WORK/train" "${CHECK[@]}"
+step train 200 "$PY" benchmarks/train_check.py run --device "$DEV" --work "$WORK/train" "${CHECK[@]}" --jobs "$JOBS"
 step resume 60 "$PY" benchmarks/train_check.py resume --device "$DEV" --work "$WORK/resume" \
     "${CHECK[@]}" --iterations "$RESUME_IT"
 bench options 150 --methods "${NETWORKS[@]}" --sizes "$BIG" --isolate none --bf16 --channels-last $GRAPHS --train-step
 bench mid 60 --methods "${NETWORKS[@]}" --sizes "$MID" --isolate none --bf16
 bench isolated 60 --methods hr crd --sizes "$BIG" --isolate process
-step sampler 40 "$PY" benchmarks/sampler_overhead.py --device "$DEV" "${THREADS[@]}" --out "$WORK/sampler.csv"
+step sampler 40 "$PY" benchmarks/sampler_overhead.py --device "$DEV" "${THREADS[@]}" --seconds "$SAMPLER_S" \
+    --out "$WORK/sampler.csv"
 step datapath 45 "$PY" benchmarks/data_path.py --size "$BIG" --device "$DEV" "${THREADS[@]}" --step
 bench compile 120 --methods hr crd --sizes "$BIG" --isolate none --compile
 

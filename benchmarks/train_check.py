@@ -11,6 +11,8 @@ nothing (a few dozen steps); it shows that every stage runs on the device and wh
     python benchmarks/train_check.py run --device cuda --work results/gpu-check/train
     python benchmarks/train_check.py resume --device cuda --work results/gpu-check/resume
 
+With ``--jobs N`` the trainings that need no other's checkpoint run N at a time (on a GPU their
+start-up, not their steps, takes most of the time); evaluations run one at a time, since they are timed.
 ``run`` prints one line per job (exit status, seconds) and a table per method: mean Dice over the
 test pairs, seconds per pair, the peak memory per pair (``cuda_alloc_peak_mb`` / ``nvml_peak_mb`` on
 CUDA, ``peak_rss_mb`` on the CPU). ``resume`` starts ``crd train``, kills it (SIGKILL) once it has
@@ -27,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +111,21 @@ def _order(specs: dict) -> list[str]:
     return done
 
 
+def _waves(specs: dict, names: list[str]) -> list[list[str]]:
+    """``names`` grouped by depth: a method's ``init`` / ``teacher`` are in earlier groups."""
+    depth: dict[str, int] = {}
+
+    def level(name: str) -> int:
+        if name not in depth:
+            depth[name] = 1 + max((level(n) for n in specs[name].needs), default=-1)
+        return depth[name]
+
+    waves: dict[int, list[str]] = {}
+    for name in names:
+        waves.setdefault(level(name), []).append(name)
+    return [waves[k] for k in sorted(waves)]
+
+
 def _summary(tables: list[Path]) -> str:
     import pandas as pd
 
@@ -137,12 +155,16 @@ def run(args: argparse.Namespace) -> int:
     skipped = [m for m in config["methods"] if specs[m].rule_file is not None]
     if skipped:
         print(f"not run here (own rule files, run on the CPU by their rules): {', '.join(skipped)}")
-    for name in trained:
+    for wave in _waves(specs, trained):  # a wave's methods need only earlier waves: trained side by side
         if not ok:
             break
-        settings = _settings(config, specs[name], args.iterations)
-        ok = _job(f"train {name} ({settings['iterations']} it)", _train_args(
-            config, specs[name], data, models, settings, args.device), work / "logs" / f"train_{name}.log")  # fmt: skip
+        jobs = []
+        for name in wave:
+            settings = _settings(config, specs[name], args.iterations)
+            argv = _train_args(config, specs[name], data, models, settings, args.device)
+            jobs.append((f"train {name} ({settings['iterations']} it)", argv, work / "logs" / f"train_{name}.log"))
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            ok = all(pool.map(lambda job: _job(*job), jobs))
     tables = []
     for name in config["methods"]:
         spec = specs[name]
@@ -244,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="folder for the data, models, tables, logs and report")
     p.add_argument("--iterations", type=int, default=40, help="training iterations of a full-budget method")
     p.add_argument("--config", nargs="+", default=["config.yaml"], help="configuration files, layered")
+    p.add_argument("--jobs", type=int, default=1, help="run: trainings side by side (their needs first; default 1)")
     p.add_argument("--method", default="hr", help="resume: the method to kill and resume (default hr)")
     p.add_argument("--processes", type=int, default=1, help="resume: data-parallel processes under torchrun")
     args = p.parse_args(argv)
