@@ -95,7 +95,8 @@ def main() -> None:
         t0 = time.perf_counter()
         sampler = _PairSampler(dataset, "train", device)
         preload = (time.perf_counter() - t0) / args.subjects
-        where = "device" if next(iter(sampler.images.values())).device == device else "pinned host memory"
+        image = next(iter(sampler.images.values()))  # (cuda != cuda:0 as devices: ask the tensor itself)
+        where = "pinned host memory" if image.is_pinned() else f"the memory of {image.device}"
         generator = torch.Generator().manual_seed(0)
         augment = RandomFFD(probability=1.0)
 
