@@ -23,6 +23,12 @@ torch, weights, inputs), ``process_peak_rss_mb`` (absolute RSS high-water mark d
 calls, comparable to ``ru_maxrss``), ``cuda_alloc_peak_mb``,
 ``nvml_peak_mb`` (CUDA; NVML counts the CUDA context too), ``params``, ``case_wall_s``, and with
 ``train_step``: ``train_step_s`` (median), ``train_peak_rss_mb`` / ``train_cuda_alloc_peak_mb``.
+On CUDA: for ``cuda-graphs`` ``cuda_alloc_peak_mb`` is the allocator peak during the capture and
+``cuda_graph_pool_mb`` the graph's private pool (replays allocate nothing); a case in a subprocess
+also gets ``nvml_device_delta_peak_mb`` (the device's used memory above its level before the case,
+sampled by the parent: the fallback where NVML lists no per-process figure). A case that ran out
+of memory has only ``out_of_memory`` = 1 (and ``case_wall_s``); one that failed under
+``keep_going``, ``failed`` = 1; the sidecar's ``cases_not_ok`` says why.
 """
 
 from __future__ import annotations
