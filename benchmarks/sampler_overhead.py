@@ -62,7 +62,7 @@ from crd.methods import load_methods
 from crd.models.functional import warp
 from crd.models.inference import infer
 from crd.models.registration import build_model, use_method_models
-from crd.profiling import MB, _nvml_reader, _Sampler
+from crd.profiling import MB, _nvml_reader, _Sampler, time_calls
 from crd.runtime import configure_threads, select_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,28 +145,6 @@ def build_calls(
     return {name: calls[name] for name in cases}
 
 
-def _time_block(fn: Callable[[], Any], calls: int, device: torch.device) -> list[float]:
-    """Seconds of each of ``calls`` calls of ``fn`` (CUDA events on CUDA, ``perf_counter`` on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        events = []
-        with torch.cuda.device(device):
-            for _ in range(calls):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                events.append((start, end))
-        torch.cuda.synchronize(device)
-        return [start.elapsed_time(end) / 1000.0 for start, end in events]
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def ratio_interval(
     off: np.ndarray, on: np.ndarray, resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
@@ -211,7 +189,7 @@ def measure_case(
         sampler = _Sampler(counted, interval)
         sampler.start()
         try:
-            return _time_block(fn, calls, device)
+            return time_calls(fn, calls, device)
         finally:
             sampler.stop()
 
@@ -223,7 +201,7 @@ def measure_case(
         return max(statistics.median(times), (time.perf_counter() - t0) / n)
 
     warm = max(warmup, 1)
-    slower = max(per_call(lambda n: _time_block(fn, n, device), warm), per_call(with_sampler, warm))
+    slower = max(per_call(lambda n: time_calls(fn, n, device), warm), per_call(with_sampler, warm))
     if calls is None:
         calls = int(min(10_000, max(1, block_seconds // max(slower, 1e-6))))
     reads = 0
@@ -233,7 +211,7 @@ def measure_case(
     for r in range(repeats):
         for sampler_on in (False, True) if r % 2 == 0 else (True, False):
             if not sampler_on:
-                off.append(_time_block(fn, calls, device))
+                off.append(time_calls(fn, calls, device))
                 continue
             t0 = time.perf_counter()
             on.append(with_sampler(calls))

@@ -139,17 +139,6 @@ def _train_step_profile(case: dict[str, Any], model, device, fixed, moving) -> d
     return out
 
 
-def _release_freed_memory() -> None:
-    """Give memory that glibc's allocator keeps after ``free`` back to the OS (``malloc_trim``);
-    a no-op elsewhere."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _random_pair(size: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed and moving inputs: uniform noise in [0, 1), float32 ``(1, 1, D, H, W)`` on ``device``,
     drawn from one generator seeded 0 (fixed first)."""
@@ -236,12 +225,12 @@ def _inference_metrics(
     import psutil
     import torch
 
-    from crd.profiling import profile_inference
+    from crd.profiling import profile_inference, release_freed_memory
 
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
-    _release_freed_memory()  # so that the RSS baseline of the timed calls holds no warm-up leftovers
+    release_freed_memory()  # so that the RSS baseline of the timed calls holds no warm-up leftovers
     metrics: dict[str, float | None] = {"base_rss_mb": psutil.Process().memory_info().rss / 2.0**20}
     prof = profile_inference(fn, device, warmup=0, repeats=repeats)
     metrics.update(

@@ -369,24 +369,8 @@ def profile_inference(
             fn()
         if cuda:
             torch.cuda.synchronize(device)
-        times: list[float] = []
         with measure(device) as m:
-            if cuda:
-                events = []
-                with torch.cuda.device(device):
-                    for _ in range(repeats):
-                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        fn()
-                        end.record()
-                        events.append((start, end))
-            else:
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t0)
-        if cuda:  # measure() synchronised the device on exit
-            times = [start.elapsed_time(end) / 1000.0 for start, end in events]
+            times = time_calls(fn, repeats, device)
     ordered = sorted(times)
     profile.times_s = times
     profile.median_s = statistics.median(times)
@@ -397,6 +381,41 @@ def profile_inference(
     profile.cuda_alloc_peak_mb = m.cuda_alloc_peak_mb
     profile.nvml_peak_mb = m.nvml_peak_mb
     return profile
+
+
+def time_calls(fn: Callable[[], Any], calls: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``fn``: on CUDA a pair of CUDA events recorded around
+    each call on ``device``'s current stream (kernels counted in full, no host-side gaps), the
+    device synchronised before the first and after the last; on the CPU ``time.perf_counter``."""
+    if device.type != "cuda":
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return times
+    torch.cuda.synchronize(device)
+    events = []
+    with torch.cuda.device(device):
+        for _ in range(calls):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            events.append((start, end))
+    torch.cuda.synchronize(device)
+    return [start.elapsed_time(end) / 1000.0 for start, end in events]
+
+
+def release_freed_memory() -> None:
+    """Give memory that glibc's allocator keeps after ``free`` back to the OS (``malloc_trim``),
+    so that an RSS baseline taken next holds no leftovers of earlier calls; a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -35,12 +35,11 @@ import torch
 import torch.nn as nn
 
 from crd.atomic import check_outputs
-from crd.bench import _release_freed_memory
 from crd.errors import CheckpointError, CrdError
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
 from crd.models.inference import pad_to_multiple, predict_flow
-from crd.profiling import measure
+from crd.profiling import measure, release_freed_memory
 from crd.runtime import configure_threads, select_device
 from crd.volumes import GRID_ATOL_MM, save_images_atomic, voxels
 from crd.volumes import check_same_grid as _check_same_grid
@@ -242,7 +241,7 @@ def _warm_up(
     del flow, warped, warped_labels
     if fixed.device.type == "cuda":
         torch.cuda.synchronize(fixed.device)
-    _release_freed_memory()
+    release_freed_memory()
 
 
 # --------------------------------------------------------------------------------------------
