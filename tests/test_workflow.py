@@ -74,6 +74,9 @@ def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
     for rule, count in counts:
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
     assert_jobs_log_to_results_logs(text)
+    # the longest chain of trainings (hr -> fst -> crd, with lr) is started first
+    priorities = dict(re.findall(r"method=([\w-]+)\n    priority: (\d+)", text))
+    assert priorities == {"hr": "3", "fst": "2", "lr": "2", "crd": "1", "hr-half": "1", "fourier-net": "1"}, text
 
 
 def lints(text: str) -> list[str]:

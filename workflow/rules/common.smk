@@ -131,6 +131,15 @@ def train_launcher(method):
     return f"python -m torch.distributed.run --standalone --nproc-per-node {n} -m"
 
 
+def train_priority(method):
+    """1 + the longest chain of trained methods that wait for `method`'s checkpoint (hr -> fst ->
+    crd: hr 3, fst 2, crd 1): Snakemake starts the longest chain first, so the 2-core default does
+    not train the side methods while the chain waits (measured: a run that started hr last took
+    13 min instead of about 9)."""
+    dependants = [m for m in TRAINED if method in METHODS[m].needs]
+    return 1 + max((train_priority(m) for m in dependants), default=0)
+
+
 def show_log_on_error(cmd):
     """Run `cmd` with its output appended to {log}; on failure, print the log's end on stderr too,
     so the job's message (e.g. what to download or accept) shows in Snakemake's output."""

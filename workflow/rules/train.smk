@@ -27,6 +27,7 @@ rule train:
         torch_threads=config["threads"]["train"],
     # train.processes data-parallel processes (torchrun), each with threads.train threads and,
     # with resources.gpu, its own GPU
+    priority: lambda wc: train_priority(wc.method)
     threads: lambda wc: train_processes(wc.method) * config["threads"]["train"]
     resources:
         mem_mb=lambda wc: train_processes(wc.method) * mem_mb("train"),
