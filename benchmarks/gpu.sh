@@ -45,6 +45,10 @@ else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graph
     CHECK=(--iterations 4 --config config.yaml config/smoke.yaml) RESUME_IT=24 THREADS=(--threads 2) JOBS=1 SAMPLER_S=4
 fi
 NETWORKS=(hr lr hr-half fst crd fourier-net identity)
+for s in $STEPS; do  # a misspelt step would silently run nothing
+    [[ " paper train resume options mid isolated sampler datapath compile " == *" $s "* ]] ||
+        { echo "gpu.sh: unknown step '$s' in STEPS (known: paper train resume options mid isolated sampler datapath compile)" >&2; exit 2; }
+done
 FAILED=()
 
 pack() {  # every file of the check so far, into one archive (the device tool returns at most 8 files)
@@ -65,7 +69,10 @@ step() {  # step NAME LIMIT_S COMMAND...: run with a time limit, print its outpu
     timeout -k 10 "$limit" "$@" > "$WORK/$name.txt" 2> "$WORK/$name.log"
     rc=$?
     cat "$WORK/$name.txt"
-    echo "== $name: exit $rc after $((SECONDS - t0)) s$( ((rc == 124 || rc == 137)) && echo ' (TIME LIMIT)')"
+    local why=
+    ((rc == 124)) && why=' (TIME LIMIT)'
+    ((rc == 137)) && why=' (KILLED: past its time limit, or out of memory)'
+    echo "== $name: exit $rc after $((SECONDS - t0)) s$why"
     if ((rc != 0)); then
         FAILED+=("$name(exit $rc)")
         tail -n 20 "$WORK/$name.log"

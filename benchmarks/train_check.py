@@ -4,8 +4,9 @@ not installed), so a first CUDA run exercises train / evaluate / resume / report
 
 It runs the same commands as the workflow's rules (``python -m crd generate|train|evaluate|report``
 with the settings the rules pass: the configuration's train block merged with each method file's
-``TRAIN`` and ``method_train``, by :func:`crd.workflow_config.train_block`), on a smaller copy of the
-default dataset and with a few dozen iterations, one job after the other. Its Dice figures mean
+``TRAIN`` and ``method_train``, by :func:`crd.workflow_config.train_block`, and the configured torch
+threads), on a smaller copy of the default dataset, with a few dozen iterations (a method whose
+block sets fewer keeps its share), a checkpoint every quarter and one validation pair. Its Dice figures mean
 nothing (a few dozen steps); it shows that every stage runs on the device and what each costs there.
 
     python benchmarks/train_check.py run --device cuda --work results/gpu-check/train
@@ -76,6 +77,7 @@ def _generate(config: dict, data: Path) -> bool:
 def _train_args(config, spec, data: Path, models: Path, settings: dict, device: str) -> list[str]:
     args = ["train", "--data", str(data), "--method-file", str(spec.path), "--out", str(models / f"{spec.name}.pt")]
     args += ["--settings", json.dumps(settings, sort_keys=True), "--device", device, "--no-progress"]
+    args += ["--threads", str(config["threads"]["train"])]
     if spec.init:
         args += ["--init", str(models / f"{spec.init}.pt")]
     if spec.teacher:
@@ -172,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         table = evals / f"{name}.csv"
         argv = ["evaluate", "--data", str(data), "--method-file", str(spec.path), "--seed", "0", "--out", str(table)]
-        argv += ["--device", args.device, "--no-progress"]
+        argv += ["--device", args.device, "--threads", str(config["threads"]["evaluate"]), "--no-progress"]
         if spec.has_checkpoint:
             argv += ["--checkpoint", str(models / f"{name}.pt")]
         ok = _job(f"evaluate {name}", argv, work / "logs" / f"evaluate_{name}.log")
@@ -227,8 +229,16 @@ def resume(args: argparse.Namespace) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        # same process group as this script, so that a time limit's signal to the group reaches it;
+        # SIGTERM (timeout's) also kills the whole tree (torchrun's workers have sessions of their own)
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+        signal.signal(signal.SIGTERM, lambda *_: (_kill_tree(proc), sys.exit(143)))
+        deadline = time.monotonic() + args.wait
         while proc.poll() is None and not state.is_file():
+            if time.monotonic() > deadline:
+                _kill_tree(proc)
+                print(f"no resume state after {args.wait:.0f} s; see {log}")
+                return 1
             time.sleep(0.05)
         time.sleep(0.2)  # the state file appears by an atomic rename: complete once it exists
         if proc.poll() is not None:
@@ -268,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", nargs="+", default=["config.yaml"], help="configuration files, layered")
     p.add_argument("--jobs", type=int, default=1, help="run: trainings side by side (their needs first; default 1)")
     p.add_argument("--method", default="hr", help="resume: the method to kill and resume (default hr)")
+    p.add_argument("--wait", type=float, default=120.0, help="resume: seconds to wait for a resume state (default 120)")
     p.add_argument("--processes", type=int, default=1, help="resume: data-parallel processes under torchrun")
     args = p.parse_args(argv)
     return run(args) if args.check == "run" else resume(args)

@@ -348,7 +348,9 @@ def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
         f"bench case {case['method']} {_size_name(tuple(case['size']))} {case['option']} failed "
         f"(exit {proc.returncode}): " + " | ".join(tail)
     )
-    if _is_out_of_memory(RuntimeError(" ".join(tail))) or proc.returncode == -9:  # -9: the kernel's OOM killer
+    if proc.returncode == -9:  # SIGKILL: most likely the kernel's OOM killer
+        raise CaseOutOfMemory(f"killed by SIGKILL (likely the kernel's OOM killer): {message}")
+    if _is_out_of_memory(RuntimeError(" ".join(tail))):
         raise CaseOutOfMemory(message)
     raise CrdError(message)
 
@@ -458,13 +460,14 @@ def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device, keep_
             result = {"metrics": {"failed": 1.0}, "weights": None}
         else:
             raise
-    if not in_subprocess and dev.type == "cuda":  # free this case's cache (and graph pool), also after an OOM
+    if not in_subprocess:  # free what this case held (cycles too), and on CUDA its cache and graph pool
         import gc
 
-        import torch
-
         gc.collect()
-        torch.cuda.empty_cache()
+        if dev.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
     metrics = dict(result["metrics"])
     metrics["case_wall_s"] = time.perf_counter() - t0
     return {"metrics": metrics, "weights": result["weights"], "status": status, "process": result.get("process")}
@@ -631,6 +634,7 @@ def summary(table_path: Path) -> str:
     lines = []
     mem_metric = "cuda_alloc_peak_mb" if (t.metric == "cuda_alloc_peak_mb").any() else "peak_rss_mb"
     cuda = mem_metric == "cuda_alloc_peak_mb"
+    fallback_used = False
     for (size, options), g in t.groupby(["size", "options"], sort=False):
         lines.append(f"{size} {options} ({g.device.iloc[0]})")
         lines.append(
@@ -647,12 +651,14 @@ def summary(table_path: Path) -> str:
             if "out_of_memory" in v.index or "failed" in v.index:
                 lines.append(f"  {method:11s} {'OUT OF MEMORY' if 'out_of_memory' in v.index else 'FAILED'}")
                 continue
-            nvml = val("nvml_peak_mb")
-            nvml = val("nvml_device_delta_peak_mb") if math.isnan(nvml) else nvml
+            nvml, mark = val("nvml_peak_mb"), " "
+            if math.isnan(nvml) and not math.isnan(val("nvml_device_delta_peak_mb")):
+                nvml, mark = val("nvml_device_delta_peak_mb"), "*"  # the device-level fallback, marked
+                fallback_used = True
             lines.append(
                 f"  {method:11s} {val('latency_median_s'):10.4f} {val('latency_median_s', 'ratio_to_hr'):6.2f} "
                 f"{val(mem_metric):18.1f} {val(mem_metric, 'ratio_to_hr'):6.2f} "
-                + (f"{nvml:9.0f} " if cuda else f"{val('process_peak_rss_mb'):17.1f} ")
+                + (f"{nvml:8.0f}{mark} " if cuda else f"{val('process_peak_rss_mb'):17.1f} ")
                 + f"{val('params'):9.0f}"
             )
             if "train_step_s" in v.index:
@@ -662,6 +668,8 @@ def summary(table_path: Path) -> str:
                     f"  {'':11s} train step {step:.4f} s ({step_ratio:.2f} x hr),"
                     f" {train_mem} {val(train_mem):.1f} ({val(train_mem, 'ratio_to_hr'):.2f} x hr)"
                 )
+    if fallback_used:
+        lines.append("* NVML MB: the device's used memory above its level before the case (no per-process figure)")
     return "\n".join(lines)
 
 

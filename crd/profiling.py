@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import statistics
 import threading
 import time
@@ -209,8 +210,9 @@ def _nvml_reader(device: torch.device) -> Callable[[], float | None] | None:
     """This process's NVML memory reader (MB) for ``device``, or ``None``; the first time a reason
     for ``None`` comes up, it is logged (logger ``crd``, warning)."""
     probe = probe_nvml(device)
-    if probe.process_mb is None and probe.why not in _NVML_WARNED:
-        _NVML_WARNED.add(probe.why or "")
+    kind = re.sub(r"\d+", "N", probe.why or "")  # the reason without the PIDs it names, which change
+    if probe.process_mb is None and kind not in _NVML_WARNED:
+        _NVML_WARNED.add(kind)
         logging.getLogger("crd").warning("no NVML per-process GPU memory figure: %s", probe.why)
     return probe.process_mb
 

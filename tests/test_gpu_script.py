@@ -51,6 +51,11 @@ def test_a_spent_budget_skips_the_steps_and_says_so(tmp_path):
     assert (tmp_path / "out" / "gpu-results.tar.gz").is_file()  # packed anyway (the machine's description)
 
 
+def test_an_unknown_step_is_refused(tmp_path):
+    proc, log = _run_gpu_script(tmp_path, "paper,resume")
+    assert proc.returncode == 2 and "unknown step 'paper,resume' in STEPS" in log
+
+
 def test_train_check_runs_trains_evaluates_and_reports(tmp_path):
     overlay = tmp_path / "three.yaml"
     overlay.write_text(yaml.safe_dump({"methods": ["identity", "hr", "lr"]}))

@@ -164,3 +164,13 @@ def test_measure_and_device_description_on_cpu():
     info = P.device_description(torch.device("cpu"))
     assert info["device"] == "cpu" and info["torch"] == torch.__version__
     assert info["threads"] == torch.get_num_threads() and "device_name" in info and "cuda" in info
+
+
+def test_the_nvml_reason_is_logged_once_though_the_listed_pids_change(monkeypatch, caplog):
+    listed = [(1000001, 2**20)]
+    _fake_nvml(monkeypatch, listed)
+    with caplog.at_level("WARNING", logger="crd"):
+        for other in (1000001, 1000002, 1000003):  # other jobs come and go on the GPU
+            listed[:] = [(other, 2**20)]
+            assert P._nvml_reader(torch.device("cuda")) is None
+    assert len(caplog.records) == 1 and "1000001" in caplog.text
