@@ -32,7 +32,8 @@ PY=${PYTHON:-python3}  # the interpreter with torch (and crd's dependencies)
 [[ "${1:-}" == "--cpu" ]] && MODE=cpu
 OUT=${OUT:-results/gpu-check}
 BUDGET=${BUDGET:-460}
-STEPS=" ${STEPS:-paper train resume options mid isolated sampler datapath compile} "  # a subset, e.g. STEPS="paper resume"
+KNOWN="paper train resume options mid isolated sampler datapath compile"  # in the order they run, below
+STEPS=" ${STEPS:-$KNOWN} "  # a subset, e.g. STEPS="paper resume"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crd-gpu-check.XXXXXX")
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
@@ -46,8 +47,7 @@ else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graph
 fi
 NETWORKS=(hr lr hr-half fst crd fourier-net identity)
 for s in $STEPS; do  # a misspelt step would silently run nothing
-    [[ " paper train resume options mid isolated sampler datapath compile " == *" $s "* ]] ||
-        { echo "gpu.sh: unknown step '$s' in STEPS (known: paper train resume options mid isolated sampler datapath compile)" >&2; exit 2; }
+    [[ " $KNOWN " == *" $s "* ]] || { echo "gpu.sh: unknown step '$s' in STEPS (known: $KNOWN)" >&2; exit 2; }
 done
 FAILED=()
 

@@ -43,18 +43,22 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SMALL = {"subjects": 12, "val": 2, "test": 3}
 
 
-def _job(name: str, argv: list[str], log: Path) -> bool:
-    """Run ``python -m crd <argv>`` with output to ``log``; print one line; True on success."""
+def _run(name: str, argv: list[str], log: Path) -> bool:
+    """Run ``argv`` with output to ``log``; print one line (exit status, seconds; the log's end on
+    failure); True on success."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        rc = subprocess.run(
-            [sys.executable, "-m", "crd", *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO
-        ).returncode
+        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO).returncode
     print(f"{name:28s} exit {rc}  {time.perf_counter() - t0:6.1f} s", flush=True)
     if rc != 0:
         print("  " + "\n  ".join(log.read_text().strip().splitlines()[-8:]), flush=True)
     return rc == 0
+
+
+def _job(name: str, argv: list[str], log: Path) -> bool:
+    """:func:`_run` of ``python -m crd <argv>``."""
+    return _run(name, [sys.executable, "-m", "crd", *argv], log)
 
 
 def _config(config_files: list[str]) -> dict:
@@ -98,21 +102,6 @@ def _settings(config: dict, spec, iterations: int) -> dict:
     return block
 
 
-def _order(specs: dict) -> list[str]:
-    """The methods with their ``init`` / ``teacher`` first."""
-    done: list[str] = []
-
-    def visit(name: str) -> None:
-        for need in specs[name].needs:
-            visit(need)
-        if name not in done:
-            done.append(name)
-
-    for name in specs:
-        visit(name)
-    return done
-
-
 def _waves(specs: dict, names: list[str]) -> list[list[str]]:
     """``names`` grouped by depth: a method's ``init`` / ``teacher`` are in earlier groups."""
     depth: dict[str, int] = {}
@@ -153,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.work).resolve()
     data, models, evals = work / "data" / "synth", work / "models", work / "eval"
     ok = _generate(config, data)
-    trained = [m for m in _order(specs) if specs[m].has_checkpoint]
+    trained = [m for m in specs if specs[m].has_checkpoint]
     skipped = [m for m in config["methods"] if specs[m].rule_file is not None]
     if skipped:
         print(f"not run here (own rule files, run on the CPU by their rules): {', '.join(skipped)}")
@@ -246,13 +235,7 @@ def resume(args: argparse.Namespace) -> int:
             return 1
         _kill_tree(proc)
     print(f"killed {spec.name} training after {time.perf_counter() - t0:.1f} s (resume state {state.name} saved)")
-    log = work / "logs" / "train_resumed.log"
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO).returncode
-    print(f"train {spec.name} again: exit {rc}  {time.perf_counter() - t0:.1f} s", flush=True)
-    if rc != 0:
-        print("  " + "\n  ".join(log.read_text().strip().splitlines()[-8:]), flush=True)
+    if not _run(f"train {spec.name} again", argv, work / "logs" / "train_resumed.log"):
         return 1
     training = torch.load(models / f"{spec.name}.pt", map_location="cpu", weights_only=True)["training"]
     import pandas as pd
