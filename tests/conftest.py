@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,24 @@ import torch
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_crd_logger():
+    """Undo what an in-process CLI call did to the ``crd`` logger (``setup_logging`` gives it a
+    handler on this test's captured stderr and stops propagation), so a later test's ``caplog``
+    sees its records and no handler writes to a closed stream."""
+    logger = logging.getLogger("crd")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for handler in list(logger.handlers):
+        if handler not in saved[0]:
+            logger.removeHandler(handler)
+            handler.close()
+    for handler in saved[0]:
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+    logger.propagate, logger.level = saved[1], saved[2]
 
 
 @pytest.fixture(scope="session")
