@@ -6,7 +6,8 @@
 #
 # Steps (each its own time limit; a step that would start after the budget is skipped, said so):
 # STEPS="paper resume ..." runs only those steps (default: all).
-#   paper     crd bench: fp32 hr, lr, crd at 160x192x224 (the paper's comparison), in one process
+#   paper     crd bench: fp32 hr, lr, crd at 160x192x224 (the paper's comparison), in one process;
+#             on CUDA also TF32 (PyTorch's default for convolutions; fp32 here is true float32)
 #   train     benchmarks/train_check.py run: a short training of every default method on a small copy
 #             of the embedded dataset (40 iterations; 4 trainings side by side), evaluation of each,
 #             the HTML report
@@ -39,10 +40,10 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.log") 2>&1
 
 if [[ $MODE == cuda ]]; then
-    DEV=cuda BIG=160x192x224 MID=128x128x128 REPEATS=(--repeats 20 --warmup 5) GRAPHS=--cuda-graphs
+    DEV=cuda BIG=160x192x224 MID=128x128x128 REPEATS=(--repeats 20 --warmup 5) GRAPHS=--cuda-graphs TF32=--tf32
     CHECK=(--iterations 40 --config config.yaml) RESUME_IT=120 THREADS=() JOBS=4 SAMPLER_S=10
-else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graphs need CUDA: left out)
-    DEV=cpu BIG=32x64x64 MID=32x32x32 REPEATS=(--repeats 2 --warmup 1) GRAPHS=
+else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graphs, TF32 need CUDA: left out)
+    DEV=cpu BIG=32x64x64 MID=32x32x32 REPEATS=(--repeats 2 --warmup 1) GRAPHS= TF32=
     CHECK=(--iterations 4 --config config.yaml config/smoke.yaml) RESUME_IT=24 THREADS=(--threads 2) JOBS=1 SAMPLER_S=4
 fi
 NETWORKS=(hr lr hr-half fst crd fourier-net identity)
@@ -99,7 +100,7 @@ if missing:
     raise SystemExit(f"missing Python packages: {', '.join(missing)} (pip install -e . installs them)")
 EOF
 
-bench paper 90 --methods hr lr crd --sizes "$BIG" --isolate none
+bench paper 90 --methods hr lr crd --sizes "$BIG" --isolate none $TF32
 step train 200 "$PY" benchmarks/train_check.py run --device "$DEV" --work "$WORK/train" "${CHECK[@]}" --jobs "$JOBS"
 step resume 60 "$PY" benchmarks/train_check.py resume --device "$DEV" --work "$WORK/resume" \
     "${CHECK[@]}" --iterations "$RESUME_IT"

@@ -5,8 +5,11 @@ Inference = :func:`crd.models.inference.infer` (the field, then the warp of the 
 ``checkpoints_dir/<method>.pt`` exists). Each (method, size, option) is one *case*:
 
 - ``fp32`` is always measured; every option flag (``bf16`` autocast, ``channels-last`` 3-D,
-  ``compile``, ``cuda-graphs``) is measured as its own case, recorded in the ``options`` column,
-  and applied to every method alike (``hr`` included, so ratios stay fair).
+  ``compile``, ``cuda-graphs``, ``tf32``) is measured as its own case, recorded in the ``options``
+  column, and applied to every method alike (``hr`` included, so ratios stay fair).
+- On CUDA ``fp32`` is true float32 (:func:`crd.runtime.use_true_fp32`); ``tf32`` lets cuDNN
+  convolutions and cuBLAS products use TF32 for that case only, as PyTorch does by default for
+  convolutions (and as a script that leaves the defaults alone runs).
 - On the CPU every case runs in its own subprocess by default (``isolate="auto"``), so one model's
   allocations cannot hide another's peak RSS; the subprocess' wall time is recorded
   (``case_wall_s``) so the cost of that choice is visible. On CUDA cases run in one process, the
@@ -41,7 +44,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,8 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["OPTIONS", "parse_size", "run_bench", "run_case", "COLUMNS"]
 
 #: option flags, each measured as a separate case next to the default fp32
-OPTIONS = ("bf16", "channels-last", "compile", "cuda-graphs")
-CUDA_ONLY = frozenset({"cuda-graphs"})
+OPTIONS = ("bf16", "channels-last", "compile", "cuda-graphs", "tf32")
+CUDA_ONLY = frozenset({"cuda-graphs", "tf32"})
 COLUMNS = ("size", "method", "options", "device", "metric", "value", "ratio_to_hr")
 BASELINE = "hr"
 _RESULT_TAG = "CRD-BENCH-RESULT "
@@ -254,9 +257,26 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
 
     from crd.runtime import select_device
 
-    device = select_device(case["device"])
-    with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+    device = select_device(case["device"])  # on CUDA: true fp32 (no TF32)
+    with torch.cuda.device(device) if device.type == "cuda" else nullcontext(), _tf32(case["option"] == "tf32"):
         return _run_case_on(case, device)
+
+
+@contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    """With ``allowed``, TF32 for float32 cuDNN convolutions and cuBLAS matrix products while the
+    block runs (the ``tf32`` case), the previous settings restored after; otherwise nothing."""
+    import torch
+
+    if not allowed:
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _run_case_on(case: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -296,6 +296,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
             ("channels-last", args.channels_last),
             ("compile", args.compile),
             ("cuda-graphs", args.cuda_graphs),
+            ("tf32", args.tf32),
         )
         if on
     ]
@@ -545,6 +546,12 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--channels-last", action="store_true", help="also measure channels-last 3D (a separate case)")
     b.add_argument("--compile", action="store_true", help="also measure torch.compile (a separate case)")
     b.add_argument("--cuda-graphs", action="store_true", help="also measure CUDA-graph replay (CUDA only)")
+    b.add_argument(
+        "--tf32",
+        action="store_true",
+        help="also measure with TF32 convolutions and matrix products, PyTorch's default for cuDNN "
+        "(CUDA only; the fp32 case is true float32)",
+    )
     b.add_argument("--train-step", action="store_true", help="also time one training step per method (fp32)")
     b.add_argument(
         "--isolate",

@@ -74,6 +74,7 @@ def test_in_process_option_cases_are_separate(tmp_path):
     "extra, message",
     [
         (["--cuda-graphs"], "needs a CUDA device"),
+        (["--tf32"], "needs a CUDA device"),
         (["--methods", "nope"], "unknown method 'nope'"),
         (["--sizes", "30x32x32"], "multiples of"),
         (["--repeats", "0"], "repeats >= 1"),
@@ -84,6 +85,28 @@ def test_bad_flags_are_refused(tmp_path, capsys, extra, message):
     assert main([*argv, *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "b.csv").exists()
+
+
+@pytest.mark.parametrize("option, tf32_inside", [("tf32", True), ("fp32", False), ("bf16", False)])
+def test_only_the_tf32_case_runs_with_tf32_and_the_settings_come_back(monkeypatch, option, tf32_inside):
+    """The fp32 reference is true float32 (select_device turns TF32 off on CUDA); the ``tf32`` case
+    alone turns it on for cuDNN and cuBLAS while it runs, and the bench's settings are restored."""
+    import torch
+
+    import crd.bench as B
+    from crd.runtime import math_settings
+
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # as use_true_fp32 leaves them
+    seen = []
+    monkeypatch.setattr(B, "_run_case_on", lambda case, device: seen.append(math_settings()) or {"metrics": {}})
+    try:
+        B.run_case({"device": "cpu", "option": option})
+        after = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert seen[0]["cudnn_allow_tf32"] is tf32_inside and seen[0]["matmul_allow_tf32"] is tf32_inside
+    assert after == (False, False)
 
 
 def test_report_efficiency_section(tmp_path):
@@ -166,3 +189,19 @@ def test_a_subprocess_case_out_of_memory_is_recognised():
     assert _is_out_of_memory(RuntimeError("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"))
     assert _is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9e12"))
     assert not _is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_every_bench_option_is_a_cli_flag_and_a_config_value(capsys):
+    """One list of options (crd.bench.OPTIONS): each has its ``crd bench --<option>`` flag and is
+    a value the workflow config's ``bench.options`` accepts (the bench rule passes them as flags)."""
+    import yaml
+
+    from crd.bench import OPTIONS
+    from repo_paths import REPO
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["bench"]["properties"]["options"]["items"]["enum"] == list(OPTIONS)
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert all(f"--{opt}" in text for opt in OPTIONS)
