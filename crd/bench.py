@@ -326,12 +326,13 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     """True for PyTorch's CUDA OOM error and the CPU allocator's "can't allocate memory"."""
     import torch
 
-    text = str(exc).lower()
-    return (
-        isinstance(exc, (CaseOutOfMemory, torch.cuda.OutOfMemoryError, MemoryError))
-        or "out of memory" in text
-        or "can't allocate memory" in text
-    )
+    return isinstance(exc, (CaseOutOfMemory, torch.cuda.OutOfMemoryError, MemoryError)) or _says_out_of_memory(str(exc))
+
+
+def _says_out_of_memory(text: str) -> bool:
+    """Whether an error message (an exception's, or a subprocess case's output) is about memory."""
+    text = text.lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
@@ -370,7 +371,7 @@ def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
     )
     if proc.returncode == -9:  # SIGKILL: most likely the kernel's OOM killer
         raise CaseOutOfMemory(f"killed by SIGKILL (likely the kernel's OOM killer): {message}")
-    if _is_out_of_memory(RuntimeError(" ".join(tail))):
+    if _says_out_of_memory(" ".join(tail)):
         raise CaseOutOfMemory(message)
     raise CrdError(message)
 

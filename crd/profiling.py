@@ -369,9 +369,7 @@ def profile_inference(
     with mode():
         for _ in range(warmup):
             fn()
-        if cuda:
-            torch.cuda.synchronize(device)
-        with measure(device) as m:
+        with measure(device) as m:  # synchronises the device first
             times = time_calls(fn, repeats, device)
     ordered = sorted(times)
     profile.times_s = times
