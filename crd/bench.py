@@ -540,14 +540,15 @@ def _sidecar(
     process: dict[str, Any] | None,
     complete: bool,
 ) -> dict[str, Any]:
-    """The JSON sidecar of the table: the device (with the threads configured now), the settings, the
-    weights each method used, each case's status that is not ``ok`` (``"<size> <option>
+    """The JSON sidecar of the table: the device (with the threads configured now; on CUDA the math
+    settings and NVML status ``process`` of the first fp32 case, the reference: a ``tf32`` case ran
+    with TF32 on), the settings, the weights each method used, each case's status that is not ``ok`` (``"<size> <option>
     <method>": "out of memory: ..."``), whether every case has run (``complete``), and the bench's
     wall time in seconds since ``t_start``."""
     from crd.profiling import device_description
 
     device = device_description(dev)
-    if process is not None:  # as the cases' processes had them (a parent of subprocess cases differs)
+    if process is not None:  # as the fp32 cases' processes had them (a parent of subprocess cases differs)
         device.update(process)
     return {
         "kind": "bench",
@@ -628,7 +629,8 @@ def run_bench(
         metrics = result["metrics"]
         name = f"{_size_name(tuple(case['size']))} {case['option']} {case['method']}"
         statuses[name] = result["status"]
-        process = process or result.get("process")
+        if case["option"] == "fp32":  # the reference settings (a tf32 case runs with TF32 on)
+            process = process or result.get("process")
         if result["weights"] is not None:
             weights[case["method"]] = result["weights"]
         what = (

@@ -109,6 +109,25 @@ def test_only_the_tf32_case_runs_with_tf32_and_the_settings_come_back(monkeypatc
     assert after == (False, False)
 
 
+def test_the_sidecar_gives_an_fp32_cases_math_settings_not_an_option_cases(tmp_path, monkeypatch):
+    """The sidecar's device block takes the math settings (TF32, ...) of an fp32 case, the
+    reference, never those of an option case such as tf32, even when every fp32 case failed."""
+    import crd.bench as B
+
+    def run_case(case):
+        if case["option"] == "fp32" and case["method"] == "hr":
+            raise RuntimeError("fp32 hr failed")
+        return {"metrics": {"latency_median_s": 1.0}, "weights": None, "process": {"ran_as": case["option"]}}
+
+    monkeypatch.setattr(B, "run_case", run_case)
+    for methods, expected in ((["hr"], None), (["hr", "identity"], "fp32")):
+        out = run_bench(
+            "baselines", methods, [(32, 32, 32)], tmp_path / "b.csv", device="cpu", repeats=1, warmup=0,
+            options=["bf16"], isolate="none", keep_going=True, log=lambda line: None,
+        )  # fmt: skip
+        assert json.loads(out.with_suffix(".json").read_text())["device"].get("ran_as") == expected
+
+
 def test_report_efficiency_section(tmp_path):
     tables = make_tables(tmp_path / "eval")
     rows = []
