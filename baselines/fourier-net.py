@@ -41,7 +41,7 @@ def build_model(config):
     import torch
     import torch.nn as nn
 
-    from crd.models.backbone import conv3, leaky, scaled
+    from crd.models.backbone import conv3, initialise_weights, leaky, scaled
 
     class FourierNet(nn.Module):
         """Encoder to a ``(B, 3, D/band, H/band, W/band)`` field, band-limited decoder to full size."""
@@ -56,6 +56,7 @@ def build_model(config):
             self.conv3, self.conv4, self.conv5 = conv3(c32, c32, 2), conv3(c32, c32, 2), conv3(c32, c32, 2)
             self.decode5, self.decode4, self.decode3 = conv3(c32, c32), conv3(2 * c32, c32), conv3(2 * c32, c32)
             self.flow = conv3(c32, 3)
+            initialise_weights(self)  # as crd-bench's backbone: He for LeakyReLU, the flow head near 0
 
         size_multiple = 16  # four stride-2 convolutions in the encoder
 

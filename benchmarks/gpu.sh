@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU should check, most valuable first, inside a time budget (default 460 s):
+# Everything a lent GPU should check, most valuable first, inside a time budget (default 560 s):
 #
 #   OUT=/some/dir bash benchmarks/gpu.sh          # on a CUDA machine
 #   OUT=/tmp/gpu-dry bash benchmarks/gpu.sh --cpu # dry run: the same steps and files on the CPU, tiny sizes
@@ -8,6 +8,9 @@
 # STEPS="paper resume ..." runs only those steps (default: all).
 #   paper     crd bench: fp32 hr, lr, crd at 160x192x224 (the paper's comparison), in one process;
 #             on CUDA also TF32 (PyTorch's default for convolutions; fp32 here is true float32)
+#   converged benchmarks/train_check.py run --as-configured with config/converged.yaml: every default
+#             method and the ablations trained to its plateau by the stopping rule, 3 seeds, evaluated
+#             and reported (the converged table of the README, on the GPU; its convergence printed)
 #   train     benchmarks/train_check.py run: a short training of every default method on a small copy
 #             of the embedded dataset (40 iterations; 4 trainings side by side), evaluation of each,
 #             the HTML report
@@ -32,8 +35,8 @@ MODE=cuda
 PY=${PYTHON:-python3}  # the interpreter with torch (and crd's dependencies)
 [[ "${1:-}" == "--cpu" ]] && MODE=cpu
 OUT=${OUT:-results/gpu-check}
-BUDGET=${BUDGET:-460}
-KNOWN="paper train resume options mid isolated sampler datapath compile"  # in the order they run, below
+BUDGET=${BUDGET:-560}
+KNOWN="paper converged train resume options mid isolated sampler datapath compile"  # in the order they run, below
 STEPS=" ${STEPS:-$KNOWN} "  # a subset, e.g. STEPS="paper resume"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/crd-gpu-check.XXXXXX")
 mkdir -p "$OUT"
@@ -42,9 +45,11 @@ exec > >(tee "$OUT/gpu.log") 2>&1
 if [[ $MODE == cuda ]]; then
     DEV=cuda BIG=160x192x224 MID=128x128x128 REPEATS=(--repeats 20 --warmup 5) GRAPHS=--cuda-graphs TF32=--tf32
     CHECK=(--iterations 40 --config config.yaml) RESUME_IT=120 THREADS=() JOBS=4 SAMPLER_S=10
+    CONVERGED=(--config config.yaml config/converged.yaml) CONVERGED_JOBS=8
 else  # dry run: every step and file of the CUDA run, on tiny inputs (CUDA graphs, TF32 need CUDA: left out)
     DEV=cpu BIG=32x64x64 MID=32x32x32 REPEATS=(--repeats 2 --warmup 1) GRAPHS= TF32=
     CHECK=(--iterations 4 --config config.yaml config/smoke.yaml) RESUME_IT=24 THREADS=(--threads 2) JOBS=1 SAMPLER_S=4
+    CONVERGED=(--config config.yaml config/smoke.yaml) CONVERGED_JOBS=2  # the smoke config: 2 seeds, tiny
 fi
 NETWORKS=(hr lr hr-half fst crd fourier-net identity)
 for s in $STEPS; do  # a misspelt step would silently run nothing
@@ -101,6 +106,8 @@ if missing:
 EOF
 
 bench paper 90 --methods hr lr crd --sizes "$BIG" --isolate none $TF32
+step converged 240 "$PY" benchmarks/train_check.py run --as-configured --device "$DEV" --work "$WORK/converged" \
+    "${CONVERGED[@]}" --jobs "$CONVERGED_JOBS"
 step train 200 "$PY" benchmarks/train_check.py run --device "$DEV" --work "$WORK/train" "${CHECK[@]}" --jobs "$JOBS"
 step resume 60 "$PY" benchmarks/train_check.py resume --device "$DEV" --work "$WORK/resume" \
     "${CHECK[@]}" --iterations "$RESUME_IT"

@@ -12,8 +12,16 @@ nothing (a few dozen steps); it shows that every stage runs on the device and wh
     python benchmarks/train_check.py run --device cuda --work results/gpu-check/train
     python benchmarks/train_check.py resume --device cuda --work results/gpu-check/resume
 
+``run --as-configured`` runs the configuration itself instead: its dataset, its train settings
+(the stopping rule included), every seed, one report over all seeds; ``benchmarks/gpu.sh`` runs
+``config/converged.yaml`` so, so that a first GPU run brings back a converged three-seed table:
+
+    python benchmarks/train_check.py run --as-configured --config config.yaml config/converged.yaml \
+        --device cuda --jobs 4 --work results/gpu-check/converged
+
 With ``--jobs N`` the trainings that need no other's checkpoint run N at a time (on a GPU their
-start-up, not their steps, takes most of the time); evaluations run one at a time, since they are timed.
+start-up, not their steps, takes most of the time); evaluations run one at a time, since they are timed
+(with ``--as-configured`` also N at a time: that check is about accuracy, its timings are not clean).
 ``run`` prints one line per job (exit status, seconds) and a table per method: mean Dice over the
 test pairs, seconds per pair, the peak memory per pair (``cuda_alloc_peak_mb`` / ``nvml_peak_mb`` on
 CUDA, ``peak_rss_mb`` on the CPU). ``resume`` starts ``crd train``, kills it (SIGKILL) once it has
@@ -71,9 +79,10 @@ def _methods(config: dict):
     return load_methods(REPO / config["baselines"], config["methods"])
 
 
-def _generate(config: dict, data: Path) -> bool:
+def _generate(config: dict, data: Path, *, small: bool = True) -> bool:
+    """The configuration's synth dataset (``small``: with :data:`SMALL`'s subjects and splits)."""
     (name, spec), *_ = ((n, s) for n, s in config["datasets"].items() if s["source"] == "synth")
-    block = {**spec.get("generate", {}), **SMALL}
+    block = {**spec.get("generate", {}), **(SMALL if small else {})}
     args = ["generate", "synth", str(data), *generate_arguments(block), "--overwrite", "--no-progress"]
     return _job(f"generate {name}", args, data.parent / "logs" / "generate.log")
 
@@ -81,7 +90,8 @@ def _generate(config: dict, data: Path) -> bool:
 def _train_args(config, spec, data: Path, models: Path, settings: dict, device: str) -> list[str]:
     args = ["train", "--data", str(data), "--method-file", str(spec.path), "--out", str(models / f"{spec.name}.pt")]
     args += ["--settings", json.dumps(settings, sort_keys=True), "--device", device, "--no-progress"]
-    args += ["--threads", str(config["threads"]["train"])]
+    threads = train_block(config, spec.name, spec.train).get("threads", config["threads"]["train"])
+    args += ["--threads", str(threads)]
     if spec.init:
         args += ["--init", str(models / f"{spec.init}.pt")]
     if spec.teacher:
@@ -89,16 +99,20 @@ def _train_args(config, spec, data: Path, models: Path, settings: dict, device: 
     return args
 
 
-def _settings(config: dict, spec, iterations: int) -> dict:
-    """The method's train block as the workflow passes it, with ``iterations`` (a method whose
-    block sets fewer than the default keeps its share) and checkpoints every quarter."""
+def _settings(config: dict, spec, iterations: int | None, seed: int = 0) -> dict:
+    """The method's train block as the workflow passes it (with ``seed``). With ``iterations``
+    (a short check): that many (a method whose block sets fewer than the default keeps its share),
+    checkpoints every quarter, one validation pair and no stopping rule; ``None``: as configured."""
     block = train_block(config, spec.name, spec.train)
-    share = block["iterations"] / config["train"]["iterations"]
-    block["iterations"] = max(2, round(iterations * share))
-    block["checkpoint_every"] = max(1, block["iterations"] // 4)
-    block["val_pairs"] = 1
-    block["seed"] = 0
+    if iterations is not None:
+        share = block["iterations"] / config["train"]["iterations"]
+        block["iterations"] = max(2, round(iterations * share))
+        block["checkpoint_every"] = max(1, block["iterations"] // 4)
+        block["val_pairs"] = 1
+        block["patience"] = 0
+    block["seed"] = seed
     block.pop("processes", None)
+    block.pop("threads", None)
     return block
 
 
@@ -120,7 +134,7 @@ def _waves(specs: dict, names: list[str]) -> list[list[str]]:
 def _summary(tables: list[Path]) -> str:
     import pandas as pd
 
-    lines = [f"{'method':12s} {'pairs':>5s} {'Dice':>6s} {'s/pair':>8s} {'peak MB/pair':>24s}"]
+    lines = [f"{'method':12s} {'seed':>4s} {'pairs':>5s} {'Dice':>6s} {'s/pair':>8s} {'peak MB/pair':>24s}"]
     for table in tables:
         t = pd.read_csv(table)
         per_pair = t[t.label.isna() & t.fixed.notna()]  # one row per pair and metric (Dice: the mean over labels)
@@ -128,7 +142,7 @@ def _summary(tables: list[Path]) -> str:
         mem = [f"{k[:-3]} {mean[k]:.0f}" for k in ("cuda_alloc_peak_mb", "nvml_peak_mb", "peak_rss_mb") if k in mean]
         pairs = int((per_pair.metric == "dice").sum())
         lines.append(
-            f"{table.stem:12s} {pairs:5d} {mean.get('dice', float('nan')):6.3f} "
+            f"{table.stem:12s} {int(t.seed.iloc[0]):4d} {pairs:5d} {mean.get('dice', float('nan')):6.3f} "
             f"{mean.get('time_s', float('nan')):8.4f} {', '.join(mem):>24s}"
         )
     return "\n".join(lines)
@@ -136,45 +150,73 @@ def _summary(tables: list[Path]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Generate, train every trained method (dependencies first), evaluate every reported method
-    that the generic rules handle, build the report."""
+    that the generic rules handle, build the report; per seed of the configuration with
+    ``--as-configured`` (else seed 0 only, shortened)."""
     config = _config(args.config)
     specs = _methods(config)
     work = Path(args.work).resolve()
-    data, models, evals = work / "data" / "synth", work / "models", work / "eval"
-    ok = _generate(config, data)
+    data = work / "data" / "synth"
+    ok = _generate(config, data, small=not args.as_configured)
     trained = [m for m in specs if specs[m].has_checkpoint]
     skipped = [m for m in config["methods"] if specs[m].rule_file is not None]
     if skipped:
         print(f"not run here (own rule files, run on the CPU by their rules): {', '.join(skipped)}")
-    for wave in _waves(specs, trained):  # a wave's methods need only earlier waves: trained side by side
-        if not ok:
-            break
-        jobs = []
-        for name in wave:
-            settings = _settings(config, specs[name], args.iterations)
-            argv = _train_args(config, specs[name], data, models, settings, args.device)
-            jobs.append((f"train {name} ({settings['iterations']} it)", argv, work / "logs" / f"train_{name}.log"))
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            ok = all(pool.map(lambda job: _job(*job), jobs))
-    tables = []
-    for name in config["methods"]:
-        spec = specs[name]
-        if not ok or spec.rule_file is not None:
-            continue
-        table = evals / f"{name}.csv"
-        argv = ["evaluate", "--data", str(data), "--method-file", str(spec.path), "--seed", "0", "--out", str(table)]
-        argv += ["--device", args.device, "--threads", str(config["threads"]["evaluate"]), "--no-progress"]
-        if spec.has_checkpoint:
-            argv += ["--checkpoint", str(models / f"{name}.pt")]
-        ok = _job(f"evaluate {name}", argv, work / "logs" / f"evaluate_{name}.log")
-        tables.append(table)
+    seeds = [int(s) for s in config["seeds"]] if args.as_configured else [0]
+    tables, histories = [], []
+    for seed in seeds:
+        root = work / f"seed{seed}" if args.as_configured else work
+        models, evals = root / "models", root / "eval"
+        for wave in _waves(specs, trained):  # a wave's methods need only earlier waves: trained side by side
+            if not ok:
+                break
+            jobs = []
+            for name in wave:
+                settings = _settings(config, specs[name], None if args.as_configured else args.iterations, seed)
+                argv = _train_args(config, specs[name], data, models, settings, args.device)
+                jobs.append((f"train {name} seed {seed} (at most {settings['iterations']} it)", argv,
+                             root / "logs" / f"train_{name}.log"))  # fmt: skip
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                ok = all(pool.map(lambda job: _job(*job), jobs))
+        evaluations = []
+        for name in config["methods"]:
+            spec = specs[name]
+            if not ok or spec.rule_file is not None:
+                continue
+            table = evals / f"{name}.csv"
+            argv = ["evaluate", "--data", str(data), "--method-file", str(spec.path), "--seed", str(seed),
+                    "--out", str(table), "--device", args.device, "--threads", str(config["threads"]["evaluate"]),
+                    "--no-progress"]  # fmt: skip
+            if spec.has_checkpoint:
+                argv += ["--checkpoint", str(models / f"{name}.pt")]
+            evaluations.append((f"evaluate {name} seed {seed}", argv, root / "logs" / f"evaluate_{name}.log"))
+            tables.append(table)
+        # timed, so one at a time; --as-configured is about accuracy: side by side
+        with ThreadPoolExecutor(max_workers=args.jobs if args.as_configured else 1) as pool:
+            ok = ok and all(pool.map(lambda job: _job(*job), evaluations))
+        histories += [str(models / f"{m}.history.csv") for m in trained]
     if ok:
-        histories = [str(models / f"{m}.history.csv") for m in trained]
         argv = ["report", "--tables", *map(str, tables), "--histories", *histories, "--out", str(work / "report.html")]
         ok = _job("report", [*argv, "--baseline", config["report_baseline"]], work / "logs" / "report.log")
     if tables and all(t.is_file() for t in tables):
         print(_summary(tables))
+    if ok and args.as_configured:
+        print(_convergence_summary([Path(h) for h in histories]))
     return 0 if ok else 1
+
+
+def _convergence_summary(histories: list[Path]) -> str:
+    """One line per training run: where it ended and whether it was at its plateau."""
+    import pandas as pd
+
+    from crd.convergence import convergence_table
+
+    lines = [f"{'method':12s} {'seed':>4s} {'ended':>9s} {'max':>6s} {'selected':>8s} {'start':>6s} {'last q.':>7s} "
+             f"{'share':>6s}  status"]  # fmt: skip
+    for r in convergence_table(pd.concat([pd.read_csv(h) for h in histories], ignore_index=True)):
+        share = f"{100 * r.late_fraction:5.0f}%" if r.late_fraction == r.late_fraction else "     —"
+        lines.append(f"{r.method:12s} {r.seed:4d} {r.iterations:9d} {r.max_iterations or 0:6d} "
+                     f"{r.selected_iteration or 0:8d} {r.start:6.3f} {r.late:7.3f} {share}  {r.status}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
@@ -258,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     p.add_argument("--work", required=True, help="folder for the data, models, tables, logs and report")
     p.add_argument("--iterations", type=int, default=40, help="training iterations of a full-budget method")
+    p.add_argument("--as-configured", action="store_true",
+                   help="run: the configuration as it is (dataset, train settings, every seed), not a short check")
     p.add_argument("--config", nargs="+", default=["config.yaml"], help="configuration files, layered")
     p.add_argument("--jobs", type=int, default=1, help="run: trainings side by side (their needs first; default 1)")
     p.add_argument("--method", default="hr", help="resume: the method to kill and resume (default hr)")

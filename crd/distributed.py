@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["Process", "current", "training_device", "start", "stop", "abandon", "DataParallelStudent"]
+__all__ = ["Process", "current", "training_device", "start", "stop", "abandon", "decide", "DataParallelStudent"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,16 @@ def stop(process: Process) -> None:
     if process.distributed and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def decide(process: Process, flag: bool) -> bool:
+    """Rank 0's ``flag`` in every process (a decision only rank 0 can take, e.g. the stopping rule,
+    which reads the validation that rank 0 alone runs); ``flag`` itself for one process."""
+    if not process.distributed:
+        return bool(flag)
+    box = [bool(flag)]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def abandon(process: Process) -> None:

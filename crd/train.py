@@ -8,6 +8,12 @@ checkpoint at the end, plus its training history as a tidy table
 (:data:`crd.tidy.HISTORY_COLUMNS`): validation loss and Dice at iteration 0 (before any step)
 and at every checkpoint, the loss terms, each term's gradient norm and the learning rate. An
 interrupted run started again with the same arguments resumes from the last saved state.
+
+The stopping rule (``patience``, ``min_delta``) ends a run once its validation Dice has stopped
+rising, with ``iterations`` as the maximum, and ``keep_best`` keeps the best validated weights;
+the rule's state is part of the resume state, so a resumed run stops where an uninterrupted one
+does. :mod:`crd.convergence` then says from the history whether the run was at its plateau.
+``crop`` trains on random crops of the volumes (the similarity still sees the whole moving image).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +47,7 @@ from crd.models.registration import build_model
 from crd.runtime import configure_threads, math_settings, seed_everything, select_device, setup_logging
 from crd.tidy import HISTORY_COLUMNS
 
-__all__ = ["TrainSettings", "train", "initialise_from", "history_path", "OBJECTIVES"]
+__all__ = ["TrainSettings", "train", "initialise_from", "history_path", "Crop", "OBJECTIVES"]
 
 log = logging.getLogger("crd.train")
 
@@ -70,6 +77,23 @@ class TrainSettings:
             rule ``0.4 * (min side // 4)``.
         checkpoint_every: iterations between validation + resumable state.
         val_pairs: validation pairs scored at each checkpoint (0 = none).
+        patience: the stopping rule: stop once this many checkpoints in a row have not raised
+            the best validation Dice by more than ``min_delta`` (0 = off: every iteration is
+            taken); ``iterations`` is then the maximum. Needs ``val_pairs`` > 0.
+        min_delta: the smallest rise of the validation Dice that counts as an improvement.
+        min_iterations: a warm-up: the stopping rule and the model selection (``keep_best``)
+            start at this iteration; earlier checkpoints are recorded but neither stop the run nor
+            are kept (as Keras' ``start_from_epoch``). A fine-tuned student first drops below its
+            initialisation while it adapts to a new loss; without a warm-up the rule would stop
+            it there and keep its initialisation's weights.
+        keep_best: the checkpoint holds the weights of the best validation Dice seen (model
+            selection on the validation pairs); otherwise the last step's.
+        crop: train on random crops of this size (D, H, W voxels; each side a multiple of the
+            model's size multiple and at most the image's): the network sees the fixed and the
+            (augmented) moving crop at one random position, and the similarity loss compares the
+            fixed crop with the whole moving image warped onto it
+            (:func:`crd.models.functional.warp` with ``offset``). ``None``: whole images.
+            Validation always uses whole images.
         seed: seeds pair sampling, augmentation and initialisation.
     """
 
@@ -88,6 +112,11 @@ class TrainSettings:
     augment_max_displacement: float | None = None
     checkpoint_every: int = 100
     val_pairs: int = 4
+    patience: int = 0
+    min_delta: float = 0.0
+    min_iterations: int = 0
+    keep_best: bool = False
+    crop: list[int] | None = None
     seed: int = 0
 
     @classmethod
@@ -108,6 +137,12 @@ class TrainSettings:
         bad = [f for f in settings.lr_decay_at if not 0 < float(f) <= 1]
         if bad:
             raise ValueError(f"lr_decay_at: fractions of the iterations in (0, 1] expected, got {bad}")
+        if settings.patience < 0 or settings.min_delta < 0 or settings.min_iterations < 0:
+            raise ValueError("patience, min_delta and min_iterations must be >= 0")
+        if (settings.patience or settings.keep_best) and settings.val_pairs < 1:
+            raise ValueError("patience and keep_best need validation: val_pairs must be >= 1")
+        if settings.crop is not None and (len(settings.crop) != 3 or min(settings.crop) < 1):
+            raise ValueError(f"crop: three positive sides (D, H, W) expected, got {settings.crop}")
         return settings
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,11 +157,13 @@ class TrainSettings:
 
 def _fits(value: Any, annotation: str) -> bool:
     """Whether ``value`` (from JSON/YAML) fits a :class:`TrainSettings` field annotation
-    (``int``, ``float``, ``float | None``, ``list[float]``); bools are not numbers here."""
+    (``int``, ``float``, ``bool``, ``float | None``, ``list[float]``, ``list[int] | None``); bools
+    are not numbers here."""
     if value is None:
         return "None" in annotation
-    if isinstance(value, bool):
-        return False
+    annotation = annotation.removesuffix(" | None")
+    if annotation == "bool" or isinstance(value, bool):
+        return annotation == "bool" and isinstance(value, bool)
     if annotation.startswith("list["):
         return isinstance(value, list) and all(_fits(v, annotation[5:-1]) for v in value)
     if annotation.startswith("int"):
@@ -199,6 +236,37 @@ class _PairSampler:
         return self.images[subject].to(self.device, non_blocking=True)
 
 
+@dataclass(frozen=True)
+class Crop:
+    """A box of a ``(B, C, D, H, W)`` volume: its first voxel ``offset`` and its ``size`` (voxels)."""
+
+    offset: tuple[int, int, int]
+    size: tuple[int, int, int]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (d, h, w), (a, b, c) = self.offset, self.size
+        return x[:, :, d : d + a, h : h + b, w : w + c]
+
+    @classmethod
+    def random(cls, shape: tuple[int, ...], size: list[int] | tuple[int, ...], generator: torch.Generator) -> Crop:
+        """A crop of ``size`` at a uniformly random position inside ``shape`` ``(D, H, W)``, drawn
+        from ``generator`` (three draws)."""
+        offset = tuple(int(torch.randint(n - c + 1, (1,), generator=generator)) for n, c in zip(shape, size, strict=True))
+        return cls(offset, tuple(int(c) for c in size))  # type: ignore[arg-type]
+
+
+def check_crop(crop: list[int] | None, shape: tuple[int, ...], multiple: int) -> None:
+    """Raise :class:`CrdError` unless every side of ``crop`` is at most the image's (``shape``)
+    and a multiple of the model's ``multiple``."""
+    if crop is None:
+        return
+    if any(c > n for c, n in zip(crop, shape, strict=True)) or any(c % multiple for c in crop):
+        raise CrdError(
+            f"train setting crop {list(crop)}: each side must be at most the image's {list(shape)} and a "
+            f"multiple of {multiple} (the model's size multiple)"
+        )
+
+
 class TrainingObjective:
     """What one training step minimises, for a ``(fixed, moving)`` batch."""
 
@@ -207,10 +275,19 @@ class TrainingObjective:
         self.distillation = DistillationLoss(settings.flow_weight, settings.attention_weight)
         self.teacher = teacher
 
-    def __call__(self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> LossTerms:
+    def __call__(
+        self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, crop: Crop | None = None
+    ) -> LossTerms:
+        """The loss terms of ``model`` on ``(fixed, moving)`` ``(B, 1, D, H, W)``; with ``crop``,
+        the model sees that crop of both and the similarity is taken against the whole
+        ``moving`` warped onto the crop (the distillation compares the two models on the crop)."""
+        full_moving = moving
+        if crop is not None:
+            fixed, moving = crop(fixed), crop(moving)
         if self.teacher is None:
             flow = model(fixed, moving)
-            return self.unsupervised(fixed, warp(moving, flow), flow)
+            offset = crop.offset if crop is not None else None
+            return self.unsupervised(fixed, warp(full_moving, flow, offset=offset), flow)
         with torch.no_grad():
             t_flow, t_maps = self.teacher.forward_with_maps(fixed, moving)
         s_flow, s_maps = model.forward_with_maps(fixed, moving)
@@ -226,13 +303,15 @@ def optimiser_step(
     grad_clip: float,
     *,
     gradient_norms: bool = False,
+    crop: Crop | None = None,
 ) -> tuple[LossTerms, dict[str, float]]:
     """One training step, as ``crd train`` takes it and ``crd bench`` times it: the loss of
-    ``objective`` on a ``(B, 1, D, H, W)`` batch, backward, gradient clipping to ``grad_clip``
-    (0 = off), an optimiser step. With ``gradient_norms``, also each weighted term's gradient norm
-    before clipping (:func:`_gradient_norms`). Returns ``(terms, norms)``."""
+    ``objective`` on a ``(B, 1, D, H, W)`` batch (on its ``crop`` when given), backward, gradient
+    clipping to ``grad_clip`` (0 = off), an optimiser step. With ``gradient_norms``, also each
+    weighted term's gradient norm before clipping (:func:`_gradient_norms`). Returns
+    ``(terms, norms)``."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    terms = objective(model, fixed, moving)
+    terms = objective(model, fixed, moving, crop)
     norms = _gradient_norms(terms, params) if gradient_norms else {}
     optimizer.zero_grad(set_to_none=True)
     terms.total.backward()
@@ -302,6 +381,43 @@ def _write_history(path: Path, records: list[dict[str, float]], *, dataset: str,
 
 
 @dataclass
+class BestSoFar:
+    """The stopping rule's and the model selection's state (:class:`TrainSettings` ``patience``,
+    ``min_delta``, ``min_iterations``, ``keep_best``): the best validation Dice so far (from
+    ``min_iterations`` on), the iteration it was reached at, how many checkpoints in a row have not
+    raised it by more than ``min_delta`` (``stale``), and, when the best weights are kept, a copy
+    of them (on the CPU)."""
+
+    score: float = -math.inf
+    iteration: int = 0
+    stale: int = 0
+    weights: dict[str, torch.Tensor] | None = None
+
+    def update(self, score: float | None, iteration: int, model: nn.Module, settings: TrainSettings) -> None:
+        """Account for the validation Dice ``score`` of ``model`` after ``iteration`` steps
+        (``None``: no validation, nothing changes; before ``min_iterations``: not monitored)."""
+        if score is None or not math.isfinite(score) or iteration < settings.min_iterations:
+            return
+        if score > self.score + settings.min_delta or self.score == -math.inf:
+            self.score, self.iteration, self.stale = float(score), iteration, 0
+            if settings.keep_best:
+                self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+    def should_stop(self, settings: TrainSettings) -> bool:
+        """The stopping rule: ``patience`` monitored checkpoints in a row without an improvement."""
+        return settings.patience > 0 and self.stale >= settings.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"score": self.score, "iteration": self.iteration, "stale": self.stale, "weights": self.weights}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any] | None) -> BestSoFar:
+        return cls(**state) if state else cls()
+
+
+@dataclass
 class _Run:
     """The parts of one training run, built by :func:`_build_run`: where it writes, what it trains
     and with what, and where it stands (``start``: the iteration it began at, 0 unless resumed;
@@ -329,6 +445,14 @@ class _Run:
     student: Any = None  # what the objective calls: the model, or its DataParallelStudent
     start: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    best: BestSoFar = field(default_factory=BestSoFar)
+    stopped_at: int | None = None  # the iteration the stopping rule ended the run at, if it did
+    elapsed_before: float = 0.0  # seconds in the step loop before this process's start (resumed runs)
+    clock: float = 0.0  # perf_counter() when this process's step loop began
+
+    def elapsed(self) -> float:
+        """Seconds spent in the step loop (steps and validation) so far, over every resumption."""
+        return self.elapsed_before + time.perf_counter() - self.clock
 
 
 def train(
@@ -437,6 +561,8 @@ def _build_run(
 
     model = _build_student(model_config, init, dev)
     teacher_model = _load_teacher(teacher, model, method, dev) if objective == "distill" else None
+    multiple = max(int(m.size_multiple) for m in (model, teacher_model) if m is not None)
+    check_crop(settings.crop, tuple(dataset.shape), multiple)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, settings.milestones, settings.lr_decay)
@@ -485,9 +611,13 @@ def _resume_or_start(run: _Run) -> None:
         run.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         run.start, run.history = state["iteration"], list(state.get("history", []))
+        run.best = BestSoFar.from_state(state.get("best"))
+        run.elapsed_before = float(state.get("elapsed_s", 0.0))
         log.info("resumed from %s at iteration %d", run.resume.path, run.start)
     elif run.process.is_main:
-        run.history.append({"iteration": 0, **_validate(run.model, run.valset, run.step_loss.unsupervised)})
+        record = {"iteration": 0, **_validate(run.model, run.valset, run.step_loss.unsupervised)}
+        run.history.append(record)
+        run.best.update(record.get("val_dice"), 0, run.model, run.settings)
     run.student = (
         distributed.DataParallelStudent(run.model, run.device, maps=run.objective == "distill")
         if run.process.distributed
@@ -498,8 +628,10 @@ def _resume_or_start(run: _Run) -> None:
 def _take_steps(run: _Run, progress: bool) -> None:
     """The step loop, from ``run.start`` to ``settings.iterations``, with a progress bar (on stderr
     when ``progress``); a non-finite loss is an error; every ``checkpoint_every`` iterations and at
-    the last, a record (:func:`_record_checkpoint`)."""
+    the last, a record (:func:`_record_checkpoint`) and the stopping rule (:class:`BestSoFar`),
+    which may end the loop early (``run.stopped_at``)."""
     settings = run.settings
+    run.clock = time.perf_counter()
     run.model.train()
     bar = tqdm(range(run.start, settings.iterations), initial=run.start, total=settings.iterations,
                desc=f"train {run.method}", disable=not progress, mininterval=2.0, dynamic_ncols=True)  # fmt: skip
@@ -513,6 +645,13 @@ def _take_steps(run: _Run, progress: bool) -> None:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         if record_now and run.process.is_main:
             _record_checkpoint(run, done, loss, terms, {**grad_norms, "learning_rate": lr_used})
+        if record_now and distributed.decide(run.process, run.best.should_stop(settings)):
+            run.stopped_at = done
+            if run.process.is_main:
+                log.info("stopping rule: no rise of the validation Dice above %.4f (+%g) in %d checkpoints; "
+                         "stopped at iteration %d of at most %d", run.best.score, settings.min_delta,
+                         settings.patience, done, settings.iterations)  # fmt: skip
+            break
     bar.close()
 
 
@@ -539,9 +678,10 @@ def _take_step(run: _Run, *, gradient_norms: bool) -> tuple[LossTerms, dict[str,
     gradient norms are those of this process's share (the gradients the step uses are averaged)."""
     size = run.settings.batch_size
     fixed, moving = draw_batch(run.train_pairs, run.augment, size, run.generator, run.process.share(size))
+    crop = Crop.random(tuple(fixed.shape[2:]), run.settings.crop, run.generator) if run.settings.crop else None
     lr_used = run.optimizer.param_groups[0]["lr"]
     terms, grad_norms = optimiser_step(run.step_loss, run.student, run.optimizer, fixed, moving,
-                                       run.settings.grad_clip, gradient_norms=gradient_norms)  # fmt: skip
+                                       run.settings.grad_clip, gradient_norms=gradient_norms, crop=crop)  # fmt: skip
     run.scheduler.step()
     return terms, grad_norms, lr_used
 
@@ -552,21 +692,34 @@ def _record_checkpoint(run: _Run, done: int, loss: float, terms: LossTerms, step
     last iteration, save the resumable state."""
     record = {"iteration": done, "loss": loss, **terms.parts, **step_values,
               **_validate(run.model, run.valset, run.step_loss.unsupervised)}  # fmt: skip
+    record["elapsed_s"] = round(run.elapsed(), 3)
     run.history.append(record)
+    run.best.update(record.get("val_dice"), done, run.model, run.settings)
     log.info("iter %d/%d %s", done, run.settings.iterations,
              " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "iteration"))  # fmt: skip
     run.model.train()
-    if done < run.settings.iterations:
+    if done < run.settings.iterations and not run.best.should_stop(run.settings):
         run.resume.save(iteration=done, history=run.history, model=run.model.state_dict(),
                         optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-                        generator=run.generator.get_state(), torch_rng=torch.get_rng_state())  # fmt: skip
+                        generator=run.generator.get_state(), torch_rng=torch.get_rng_state(),
+                        best=run.best.state(), elapsed_s=record["elapsed_s"])  # fmt: skip
 
 
 def _write_final(run: _Run, seconds: float) -> None:
     """Write the history table and the self-describing checkpoint (``seconds``: this run's time in
-    the step loop, s), then remove the resume file."""
+    the step loop, s), then remove the resume file. With ``keep_best`` the checkpoint holds the
+    best validated weights. The history's last record also gets ``selected_iteration`` (the
+    iteration whose weights the checkpoint holds), ``max_iterations`` (the budget) and
+    ``patience`` (0: no stopping rule), which :mod:`crd.convergence` reads."""
     run.model.eval()
     settings, dataset = run.settings, run.dataset
+    selected = run.history[-1]["iteration"] if run.history else 0
+    if settings.keep_best and run.best.weights is not None:
+        run.model.load_state_dict(run.best.weights)
+        selected = run.best.iteration
+    if run.history:
+        run.history[-1].update(selected_iteration=selected, max_iterations=settings.iterations,
+                               patience=settings.patience)  # fmt: skip
     _write_history(history_path(run.out), run.history, dataset=dataset.name, method=run.method, seed=settings.seed)
     save_checkpoint(
         run.out,
@@ -585,11 +738,15 @@ def _write_final(run: _Run, seconds: float) -> None:
             "math": math_settings(),
             "seconds_this_run": round(seconds, 2),
             "resumed_at": run.start,
+            "iterations_taken": int(run.history[-1]["iteration"]) if run.history else settings.iterations,
+            "stopped_early": run.stopped_at is not None and run.stopped_at < settings.iterations,
+            "selected_iteration": int(selected),
             "history": run.history,
         },
     )
     run.resume.remove()
-    log.info("wrote %s after %d iterations (%.1f s this run)", run.out, settings.iterations, seconds)
+    log.info("wrote %s after %d iterations (%.1f s this run), weights of iteration %d", run.out,
+             run.history[-1]["iteration"] if run.history else settings.iterations, seconds, selected)  # fmt: skip
 
 
 class _ValidationSet:

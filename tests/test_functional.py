@@ -96,3 +96,33 @@ def test_warp_equals_monai_warp(mode, padding, grad):
     if grad and mode == "bilinear":
         got.sum().backward()
         assert flow.grad is not None and flow.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_a_field_on_a_crop_samples_the_whole_moving_image(mode):
+    """warp(moving, flow_crop, offset=o) = the crop at o of warp(moving, flow_full), where flow_full
+    equals flow_crop on the crop: the crop is filled from the whole image (here from beyond its own
+    edges, where a warp of the cropped image alone would read zeros)."""
+    torch.manual_seed(0)
+    moving = torch.rand(2, 1, 10, 12, 14)
+    offset, size = (2, 3, 5), (6, 8, 6)
+    crop = tuple(slice(o, o + s) for o, s in zip(offset, size, strict=True))
+    flow_crop = 3 * (torch.rand(2, 3, *size) - 0.5)
+    flow_full = torch.zeros(2, 3, 10, 12, 14)
+    flow_full[(slice(None), slice(None), *crop)] = flow_crop
+    expected = warp(moving, flow_full, mode=mode)[(slice(None), slice(None), *crop)]
+    out = warp(moving, flow_crop, mode=mode, offset=offset)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    alone = warp(moving[(slice(None), slice(None), *crop)].contiguous(), flow_crop, mode=mode)
+    assert (alone - expected).abs().max() > 0.1  # what the crop alone would have given differs
+
+
+def test_a_field_on_a_crop_is_differentiable_and_checked():
+    moving = torch.rand(1, 1, 8, 8, 8)
+    flow = torch.zeros(1, 3, 4, 4, 4, requires_grad=True)
+    warp(moving, flow, offset=(1, 2, 3)).sum().backward()
+    assert flow.grad is not None and flow.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="does not lie inside"):
+        warp(moving, flow.detach(), offset=(5, 0, 0))
+    with pytest.raises(ValueError, match="does not lie inside"):
+        warp(moving, flow.detach(), offset=(-1, 0, 0))

@@ -64,8 +64,31 @@ def test_train_check_runs_trains_evaluates_and_reports(tmp_path):
     argv += ["--iterations", "2", "--jobs", "2", "--config", "config.yaml", "config/smoke.yaml", str(overlay)]
     proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for job in ("generate synth", "train hr (2 it)", "train lr (2 it)", "evaluate identity", "evaluate lr", "report"):
+    for job in ("generate synth", "train hr seed 0 (at most 2 it)", "train lr seed 0 (at most 2 it)",
+                "evaluate identity seed 0", "evaluate lr seed 0", "report"):
         assert any(line.startswith(job) and "exit 0" in line for line in proc.stdout.splitlines()), job
     assert (work / "report.html").is_file()
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[-3:]}
-    assert set(rows) == {"identity", "hr", "lr"} and all(r[1] == "6" for r in rows.values())  # 6 test pairs each
+    assert set(rows) == {"identity", "hr", "lr"} and all(r[2] == "6" for r in rows.values())  # 6 test pairs each
+
+
+def test_train_check_as_configured_trains_every_seed_with_the_configured_rule(tmp_path):
+    """--as-configured: the configuration's own dataset, train settings (the stopping rule, its
+    maximum) and every seed, one report over them, and the convergence of each run."""
+    overlay = tmp_path / "two.yaml"
+    overlay.write_text(yaml.safe_dump({"methods": ["identity", "hr", "lr"], "seeds": [0, 1],
+                                       "train": {"iterations": 6, "checkpoint_every": 2, "patience": 1}}))  # fmt: skip
+    work = tmp_path / "work"
+    argv = [sys.executable, "benchmarks/train_check.py", "run", "--as-configured", "--device", "cpu", "--work",
+            str(work), "--jobs", "2", "--config", "config.yaml", "config/smoke.yaml", str(overlay)]  # fmt: skip
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for job in ("train hr seed 0 (at most 6 it)", "train lr seed 1 (at most 6 it)", "evaluate hr seed 1"):
+        assert any(line.startswith(job) and "exit 0" in line for line in proc.stdout.splitlines()), job
+    assert (work / "report.html").is_file() and (work / "seed1" / "models" / "hr.history.csv").is_file()
+    settings = json.loads(next(line for line in (work / "seed1" / "logs" / "train_hr.log").read_text().splitlines()
+                               if " settings {" in line).split(" settings ", 1)[1])  # fmt: skip
+    assert settings["seed"] == 1 and settings["patience"] == 1 and settings["val_pairs"] == 1  # smoke's, as configured
+    runs = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] in (["hr"], ["lr"])][-4:]
+    assert sorted((r[0], r[1]) for r in runs) == [("hr", "0"), ("hr", "1"), ("lr", "0"), ("lr", "1")]
+    assert all(r[3] == "6" for r in runs)  # the configured maximum

@@ -294,3 +294,163 @@ def test_training_steps_never_modify_the_cached_images(tiny_synth, probability):
         optimiser_step(objective, model, optimizer, fixed, augment.apply(moving, apply, flow), 1.0)
     for s, image in sampler.images.items():
         torch.testing.assert_close(image, before[s], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ the stopping rule
+
+
+def _scripted_validation(monkeypatch, values: dict[int, float]) -> dict[int, dict[str, torch.Tensor]]:
+    """Make validation return ``values[iteration]`` as the validation Dice (the iteration read from
+    Adam's step count, which a resumed run restores); returns the weights seen at each iteration."""
+    import crd.train as T
+
+    holder, seen = {}, {}
+    real_resume = T._resume_or_start
+
+    def resume(run):
+        holder.pop("run", None)  # iteration 0 (if validated here) has no optimiser steps yet
+        real_resume(run)
+        holder["run"] = run
+
+    def validate(model, valset, loss):
+        run = holder.get("run")
+        state = next(iter(run.optimizer.state.values()), {}) if run is not None else {}
+        it = int(state.get("step", 0))
+        seen[it] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return {"val_loss": -values[it], "val_dice": values[it]}
+
+    monkeypatch.setattr(T, "_resume_or_start", resume)
+    monkeypatch.setattr(T, "_validate", validate)
+    return seen
+
+
+RULE = {**FAST, "iterations": 10, "checkpoint_every": 1, "patience": 2, "keep_best": True}
+
+
+def test_the_stopping_rule_stops_on_a_plateau_and_keeps_the_best_weights(tiny_synth, tmp_path, monkeypatch):
+    values = {0: 0.30, 1: 0.40, 2: 0.50, 3: 0.50, 4: 0.49, **{i: 0.6 for i in range(5, 11)}}
+    seen = _scripted_validation(monkeypatch, values)
+    out = train(tiny_synth, tmp_path / "lr.pt", method="lr", model_config={"kind": "lowres"},
+                settings=TrainSettings.from_dict(RULE), threads=1, progress=False)  # fmt: skip
+    payload = read_checkpoint(out)
+    history = load_history(history_path(out))
+    assert sorted(set(history["iteration"])) == [0, 1, 2, 3, 4]  # stale at 3 and 4: patience 2 reached
+    last = history[history["iteration"] == 4].set_index("metric")["value"]
+    assert last["max_iterations"] == 10 and last["selected_iteration"] == 2 and last["patience"] == 2
+    assert payload["training"]["stopped_early"] and payload["training"]["selected_iteration"] == 2
+    for k, v in payload["state_dict"].items():
+        assert torch.equal(v, seen[2][k]), k  # the checkpoint holds iteration 2's weights, not 4's
+    assert not any(torch.equal(v, seen[4][k]) for k, v in payload["state_dict"].items() if v.dtype.is_floating_point)
+    assert not (tmp_path / ".lr.pt.resume").exists()
+
+
+@pytest.mark.parametrize("patience", [0, 3])
+def test_without_a_plateau_training_runs_to_its_maximum(tiny_synth, tmp_path, monkeypatch, patience):
+    """A rising validation Dice never stops the run; patience 0 (no rule) never stops it either,
+    even when the Dice is flat; the last weights are kept when they are the best."""
+    rising = patience > 0
+    values = {i: (0.3 + 0.01 * i if rising else 0.3) for i in range(11)}
+    seen = _scripted_validation(monkeypatch, values)
+    settings = TrainSettings.from_dict({**RULE, "patience": patience, "keep_best": rising})
+    out = train(tiny_synth, tmp_path / "lr.pt", method="lr", model_config={"kind": "lowres"}, settings=settings,
+                threads=1, progress=False)  # fmt: skip
+    payload = read_checkpoint(out)
+    assert max(load_history(history_path(out))["iteration"]) == 10
+    assert not payload["training"]["stopped_early"] and payload["training"]["selected_iteration"] == 10
+    assert all(torch.equal(v, seen[10][k]) for k, v in payload["state_dict"].items())
+
+
+def test_min_delta_makes_small_rises_count_as_no_improvement(tiny_synth, tmp_path, monkeypatch):
+    values = {0: 0.30, 1: 0.40, 2: 0.401, 3: 0.402, **{i: 0.5 for i in range(4, 11)}}
+    _scripted_validation(monkeypatch, values)
+    settings = TrainSettings.from_dict({**RULE, "min_delta": 0.005})
+    out = train(tiny_synth, tmp_path / "lr.pt", method="lr", model_config={"kind": "lowres"}, settings=settings,
+                threads=1, progress=False)  # fmt: skip
+    assert max(load_history(history_path(out))["iteration"]) == 3
+    assert read_checkpoint(out)["training"]["selected_iteration"] == 1
+
+
+def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_the_same_weights(tiny_synth, tmp_path, monkeypatch):
+    """The rule's state (best score, its weights, checkpoints without a rise) is in the resume file:
+    killed after iteration 3 (one stale checkpoint), the resumed run stops at 5 with iteration 2's
+    weights, bit for bit those of a run never interrupted."""
+    values = {0: 0.30, 1: 0.40, 2: 0.50, **{i: 0.45 for i in range(3, 11)}}
+    settings = TrainSettings.from_dict({**RULE, "patience": 3})
+    kwargs = dict(method="lr", model_config={"kind": "lowres"}, settings=settings, threads=1, progress=False)
+    _scripted_validation(monkeypatch, values)
+    (tmp_path / "whole").mkdir()
+    whole = train(tiny_synth, tmp_path / "whole" / "lr.pt", **kwargs)
+    _killed_at_step(4, monkeypatch, tiny_synth, tmp_path / "lr.pt", **kwargs)
+    assert torch.load(tmp_path / ".lr.pt.resume", weights_only=True)["best"]["stale"] == 1
+    resumed = train(tiny_synth, tmp_path / "lr.pt", **kwargs)
+    a, b = read_checkpoint(whole), read_checkpoint(resumed)
+    assert b["training"]["resumed_at"] == 3 and a["training"]["resumed_at"] == 0
+    assert a["training"]["selected_iteration"] == b["training"]["selected_iteration"] == 2
+    assert max(load_history(history_path(resumed))["iteration"]) == 5
+    assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
+    ha, hb = (load_history(history_path(p)).query("metric != 'elapsed_s'").reset_index(drop=True) for p in (whole, resumed))
+    pd.testing.assert_frame_equal(ha, hb)
+
+
+def test_stopping_settings_are_checked():
+    with pytest.raises(ValueError, match="val_pairs"):
+        TrainSettings.from_dict({"patience": 2, "val_pairs": 0})
+    with pytest.raises(ValueError, match="patience, min_delta and min_iterations"):
+        TrainSettings.from_dict({"patience": -1})
+    with pytest.raises(ValueError, match="patience, min_delta and min_iterations"):
+        TrainSettings.from_dict({"min_iterations": -1})
+    with pytest.raises(ValueError, match="expected bool"):
+        TrainSettings.from_dict({"keep_best": 1})
+
+
+# ------------------------------------------------------------------------ training on crops
+
+
+def test_training_on_crops_runs_and_draws_crops_inside_the_volume(tiny_synth, tmp_path, monkeypatch):
+    import crd.train as T
+
+    offsets = []
+    real = T.Crop.random.__func__
+
+    def spy(cls, shape, size, generator):
+        crop = real(cls, shape, size, generator)
+        offsets.append(crop.offset)
+        return crop
+
+    monkeypatch.setattr(T.Crop, "random", classmethod(spy))
+    settings = TrainSettings.from_dict({**FAST, "crop": [32, 16, 16]})
+    out = train(tiny_synth, tmp_path / "hr.pt", method="hr", model_config={"kind": "fullres", "width": 0.5},
+                settings=settings, threads=1, progress=False)  # fmt: skip
+    assert len(offsets) == 4 and all(o[0] == 0 and 0 <= o[1] <= 16 and 0 <= o[2] <= 16 for o in offsets)
+    assert len(set(offsets)) > 1
+    assert read_checkpoint(out)["training"]["settings"]["crop"] == [32, 16, 16]
+
+
+@pytest.mark.parametrize("crop", [[32, 48, 16], [32, 24, 16]])
+def test_a_crop_that_does_not_fit_is_refused_naming_the_setting(tiny_synth, tmp_path, crop):
+    from crd.errors import CrdError
+
+    settings = TrainSettings.from_dict({**FAST, "crop": crop})
+    with pytest.raises(CrdError, match=r"train setting crop .*multiple of 32"):
+        train(tiny_synth, tmp_path / "lr.pt", method="lr", model_config={"kind": "lowres"}, settings=settings,
+              threads=1, progress=False)  # fmt: skip
+    assert not (tmp_path / "lr.pt").exists()
+
+
+def test_min_iterations_is_a_warm_up_for_the_rule_and_the_selection(tiny_synth, tmp_path, monkeypatch):
+    """A fine-tuned student drops below its start, then recovers. Without a warm-up the rule stops
+    it at once and keeps its initialisation (iteration 0); with min_iterations 3 neither the rule
+    nor the selection looks before iteration 3: it stops at 5 (two stale checkpoints after the best
+    at 3) with iteration 3's weights, although iteration 0 scored higher."""
+    values = {0: 0.50, 1: 0.40, 2: 0.45, 3: 0.48, 4: 0.47, 5: 0.47, **{i: 0.6 for i in range(6, 11)}}
+    seen = _scripted_validation(monkeypatch, values)
+    kwargs = dict(method="lr", model_config={"kind": "lowres"}, threads=1, progress=False)
+    plain = train(tiny_synth, tmp_path / "a.pt", settings=TrainSettings.from_dict({**RULE, "patience": 2}), **kwargs)
+    assert max(load_history(history_path(plain))["iteration"]) == 2
+    assert read_checkpoint(plain)["training"]["selected_iteration"] == 0
+    warm = TrainSettings.from_dict({**RULE, "patience": 2, "min_iterations": 3})
+    out = train(tiny_synth, tmp_path / "b.pt", settings=warm, **kwargs)
+    assert max(load_history(history_path(out))["iteration"]) == 5
+    payload = read_checkpoint(out)
+    assert payload["training"]["selected_iteration"] == 3
+    assert all(torch.equal(v, seen[3][k]) for k, v in payload["state_dict"].items())

@@ -141,6 +141,8 @@ def _json_type(hint) -> dict:
     if typing.get_origin(hint) in (types.UnionType, typing.Union):
         inner = [a for a in args if a is not type(None)]
         assert len(inner) == 1 and len(args) == 2, hint
+        if typing.get_origin(inner[0]) is list:  # list[int] | None
+            return {"type": ["array", "null"], "items": {"type": scalar[typing.get_args(inner[0])[0]]}}
         return {"type": [scalar[inner[0]], "null"]}
     if typing.get_origin(hint) is list:
         return {"type": "array", "items": {"type": scalar[args[0]]}}
@@ -159,7 +161,7 @@ def test_schema_train_settings_are_crd_train_settings():
 
     hints = typing.get_type_hints(TrainSettings)
     fields = {f.name: f for f in dataclasses.fields(TrainSettings) if f.name != "seed"}  # seed: the DAG's
-    props = {k: v for k, v in definition["properties"].items() if k != "processes"}  # processes: the workflow's
+    props = {k: v for k, v in definition["properties"].items() if k not in ("processes", "threads")}  # the workflow's
     assert list(props) == list(fields)
     for name, field in fields.items():
         declared = {"type": props[name]["type"]}

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Backbone", "conv3", "leaky", "scaled", "FEATURE_NAMES"]
+__all__ = ["Backbone", "conv3", "leaky", "scaled", "initialise_weights", "FEATURE_NAMES", "FLOW_HEAD_STD"]
 
 #: decoder outputs exposed by :meth:`Backbone.features`, from coarsest to finest. ``decode_16x`` is
 #: ``decode5``'s output at 1/16 of the input grid, ``decode_8x`` ``decode4``'s at 1/8, ``decode_4x``
@@ -24,10 +24,44 @@ FEATURE_NAMES = ("decode_16x", "decode_8x", "decode_4x", "decode_2x", "decode_1x
 
 NEGATIVE_SLOPE = 0.2
 
+#: standard deviation of a flow head's initial weights (voxels per unit feature): VoxelMorph's
+#: ``Normal(0, 1e-5)``, so that every model starts from (almost) the identity transform.
+FLOW_HEAD_STD = 1e-5
+
 
 def scaled(channels: int, width: float) -> int:
     """Number of channels of a layer that has ``channels`` at width 1 (at least 1)."""
     return max(1, round(channels * width))
+
+
+def initialise_weights(module: nn.Module, heads: tuple[str, ...] = ("flow", "flow_f")) -> nn.Module:
+    """Initialise every 3-D convolution of ``module`` for the LeakyReLU(0.2) that follows it, and
+    its flow heads for a near-zero field; returns ``module``.
+
+    - a convolution followed by LeakyReLU(0.2): He (Kaiming) normal, fan-in, gain
+      ``sqrt(2 / (1 + 0.2**2))``, bias 0, so the activations keep their scale through the ten
+      layers of the U-Net;
+    - a flow head (a convolution whose name ends in one of ``heads``): ``Normal(0, FLOW_HEAD_STD)``,
+      bias 0 (VoxelMorph's initialisation), so training starts from the identity transform.
+
+    Why not PyTorch's default (``kaiming_uniform_(a=sqrt(5))``, the authors' network under
+    PyTorch 1.1): it shrinks each layer's output by about 1.7x, so at initialisation the 1/16
+    level reaches the field with ~1e-4 of the first layer's gradient and the field comes from
+    the finest features alone. Measured on the default synth dataset (``hr``, seed 0, Adam 1e-3,
+    the 12 validation pairs; README, "Training to the plateau"): with the default, validation
+    Dice stays at its start (0.418) for 100 steps and is 0.447 at 180; with this one it rises
+    from step 20 and is 0.503 at 180.
+    """
+    for name, child in module.named_modules():
+        if not isinstance(child, nn.Conv3d):
+            continue
+        if name.split(".")[-1] in heads:
+            nn.init.normal_(child.weight, 0.0, FLOW_HEAD_STD)
+        else:
+            nn.init.kaiming_normal_(child.weight, a=NEGATIVE_SLOPE, mode="fan_in", nonlinearity="leaky_relu")
+        if child.bias is not None:
+            nn.init.zeros_(child.bias)
+    return module
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -130,6 +164,7 @@ class Backbone(nn.Module):
             "decode_2x": c16,
             "decode_1x": c16,
         }
+        initialise_weights(self)
 
     @property
     def size_multiple(self) -> int:

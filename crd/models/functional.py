@@ -31,23 +31,29 @@ def check_flow(flow: torch.Tensor, like: torch.Tensor | None = None) -> None:
         )
 
 
-def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
+def _sampling_grid(
+    flow: torch.Tensor, sizes: tuple[int, ...] | None = None, offset: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """The ``grid_sample`` grid ``(B, D, H, W, 3)`` (x, y, z = W, H, D, normalised to [-1, 1] with
     ``align_corners=True``) of the field ``flow`` ``(B, 3, D, H, W)`` in voxels: for each axis
-    ``(p + u) * 2 / (n - 1) - 1``, the reference coordinate ``p`` broadcast from a 1-D ``arange``.
+    ``(o + p + u) * 2 / (n - 1) - 1``, the reference coordinate ``p`` broadcast from a 1-D ``arange``.
+    ``sizes``: the sampled image's grid (default: the field's); ``offset``: where the field's
+    first voxel sits on it (default 0: the same grid).
 
     The same arithmetic, in the same order, as MONAI's ``Warp`` (whose reference grid is rebuilt
     on every call: its cache check compares ``(3, D, H, W)`` with ``(D, H, W)``); without autograd
     the grid is the only full-size tensor made (each axis written in place into its slot).
     """
-    b, _, *sizes = flow.shape
+    b, _, *grid_sizes = flow.shape
+    sizes = tuple(grid_sizes) if sizes is None else tuple(sizes)
+    offset = (0, 0, 0) if offset is None else tuple(offset)
     differentiable = torch.is_grad_enabled() and flow.requires_grad
-    grid = None if differentiable else flow.new_empty((b, *sizes, 3))
+    grid = None if differentiable else flow.new_empty((b, *grid_sizes, 3))
     parts = []
-    for axis, n in enumerate(sizes):
+    for axis, (m, n, o) in enumerate(zip(grid_sizes, sizes, offset, strict=True)):
         shape = [1, 1, 1]
-        shape[axis] = n
-        ref = torch.arange(n, dtype=flow.dtype, device=flow.device).view(shape)
+        shape[axis] = m
+        ref = torch.arange(o, o + m, dtype=flow.dtype, device=flow.device).view(shape)
         denom = max(n - 1, 1)
         if grid is None:
             parts.append((flow[:, axis] + ref) * 2 / denom - 1)
@@ -60,7 +66,13 @@ def _sampling_grid(flow: torch.Tensor) -> torch.Tensor:
     return grid
 
 
-def warp(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
+def warp(
+    moving: torch.Tensor,
+    flow: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "zeros",
+    offset: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
     """Warp ``moving`` with the displacement ``flow``: ``warped(p) = moving(p + flow(p))``.
 
     Args:
@@ -69,9 +81,14 @@ def warp(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", paddi
         mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
         padding_mode: value outside the moving image: ``"zeros"`` (as the CRD authors trained),
             ``"border"`` or ``"reflection"``.
+        offset: for a field that covers only a region of ``moving``'s grid (training on crops,
+            :class:`crd.train.TrainSettings` ``crop``): the voxel of ``moving`` where the field's
+            first voxel sits; then ``warped(p) = moving(offset + p + flow(p))`` on the field's
+            grid, so that the crop is filled from the whole moving image, not from zeros beyond
+            the crop. ``None`` (default): the field and ``moving`` share one grid.
 
     Returns:
-        ``(B, C, D, H, W)`` warped image on the fixed grid, same dtype as ``moving``.
+        ``(B, C, D, H, W)`` warped image on the fixed grid (the field's), same dtype as ``moving``.
 
     These are the semantics of MONAI's :class:`~monai.networks.blocks.Warp` (voxel-unit field in
     spatial-axis order, reference grid at integer voxel indices, ``align_corners=True``), computed
@@ -80,14 +97,31 @@ def warp(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", paddi
     axis, equality with MONAI's Warp).
     """
     check_volume(moving, "moving")
-    check_flow(flow, moving)
+    if offset is None:
+        check_flow(flow, moving)
+    else:
+        _check_region(flow, moving, offset)
     dtype = moving.dtype
     image = moving if moving.is_floating_point() else moving.to(flow.dtype)
-    grid = _sampling_grid(flow.to(image.dtype))
+    grid = _sampling_grid(flow.to(image.dtype), tuple(moving.shape[2:]), offset)
     out = F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     if dtype.is_floating_point:
         return out.to(dtype)
     return out.round().to(dtype)  # integer label maps come back in their own dtype
+
+
+def _check_region(flow: torch.Tensor, moving: torch.Tensor, offset: tuple[int, int, int]) -> None:
+    """Raise ``ValueError`` unless ``flow`` ``(B, 3, d, h, w)`` placed at ``offset`` lies inside
+    ``moving``'s grid (same batch size)."""
+    check_flow(flow)
+    if len(offset) != 3 or flow.shape[0] != moving.shape[0]:
+        raise ValueError(f"offset {tuple(offset)} / batch of flow {tuple(flow.shape)} do not fit {tuple(moving.shape)}")
+    for o, m, n in zip(offset, flow.shape[2:], moving.shape[2:], strict=True):
+        if o < 0 or o + m > n:
+            raise ValueError(
+                f"a flow of shape {tuple(flow.shape)} at offset {tuple(offset)} does not lie inside the "
+                f"image grid {tuple(moving.shape[2:])}"
+            )
 
 
 def downsample(x: torch.Tensor, factor: int = 2, align_corners: bool = False) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from crd.models.backbone import Backbone, conv3, leaky, scaled
+from crd.models.backbone import Backbone, conv3, initialise_weights, leaky, scaled
 from crd.models.contract import check_model
 from crd.models.functional import check_volume, downsample, upsample_flow
 
@@ -159,6 +159,8 @@ class FeatureShiftedTeacher(nn.Module):
         self.fuse2 = conv3(c32 + c16 + c16, c32)  # [up(fuse3), LR decode_1x, HR decode_2x]
         self.fuse1 = conv3(c32 + c16, c16)  # [up(fuse2), HR decode_1x]
         self.flow_f = conv3(c16, 3)
+        # the fusing decoder as the backbone (its weights usually come from a trained hr)
+        initialise_weights(nn.ModuleDict({n: getattr(self, n) for n in ("fuse5", "fuse4", "fuse3", "fuse2", "fuse1", "flow_f")}))
 
     @property
     def config(self) -> dict[str, Any]:

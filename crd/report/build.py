@@ -27,6 +27,7 @@ import pandas as pd
 from crd import stats
 from crd.atomic import check_outputs, write_text_atomic
 from crd.bench import COLUMNS
+from crd.convergence import NO_GAIN, PLATEAU_FRACTION, Convergence, convergence_table
 from crd.report import plots
 from crd.report.format import DASH, fmt_mean_sd, fmt_num, fmt_p, fmt_params, fmt_ratio, fmt_signed
 from crd.report.summary import (
@@ -97,6 +98,15 @@ METRIC_DEFINITIONS = (
         "a method's value on a pair is the mean over its training seeds; mean ± sd are over test "
         "pairs (sd with ddof = 1). 'seeds' under Dice: mean ± sd over seeds of the per-seed mean "
         "Dice. 'n = k of N' marks cells where only k of the N pairs had a finite value.",
+    ),
+    (
+        "Convergence",
+        "from each training history (validation pairs only): 'last quarter' is the mean validation Dice "
+        "over the checkpoints of the last quarter of the run's steps, the quarter before it likewise; "
+        "gain = last quarter − the value before any step; its last-quarter share = (last quarter − the "
+        f"quarter before) / gain. At its plateau: a share of at most {100 * PLATEAU_FRACTION:.0f} %; still "
+        f"improving above it; no gain when the gain is at most {NO_GAIN} Dice. A comparison with a method "
+        "that was still improving says so in its verdict.",
     ),
     (
         "Comparisons",
@@ -208,7 +218,14 @@ def _spread(mean: float, sd: float, n: int, places: int) -> str:
     return f"{fmt_signed(mean, places)} ± {fmt_num(sd, places)} over {n} seeds" if n > 1 else DASH
 
 
-def _comparison_row(c: ComparisonRow) -> dict[str, Any]:
+def _caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
+    """``"; hr was still improving when its training ended (seed 0)"``-style clause for the methods
+    of a comparison that were not at their plateau (``unsettled``: method -> what to say), or ``""``."""
+    said = [f"{m} {unsettled[m]}" for m in dict.fromkeys((a, b)) if m in unsettled]
+    return "; " + "; ".join(said) if said else ""
+
+
+def _comparison_row(c: ComparisonRow, unsettled: dict[str, str]) -> dict[str, Any]:
     r = c.result
     seed_mean, seed_sd, n_seeds = c.seed_diff
     return {
@@ -223,7 +240,7 @@ def _comparison_row(c: ComparisonRow) -> dict[str, Any]:
         "p_holm": fmt_p(c.p_holm),
         "wtl": f"{r.wins}/{r.ties}/{r.losses}",
         "n": r.n,
-        "verdict": c.verdict,
+        "verdict": c.verdict + _caveat(c.a, c.b, unsettled),
         "better": c.better,
         "seeds": _spread(seed_mean, seed_sd, n_seeds, c.places),
         "named": c.named,
@@ -236,9 +253,10 @@ def _p_clause(p: float) -> str:
     return text if text.startswith("<") else f"= {text}"
 
 
-def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult) -> str:
+def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult, unsettled: dict[str, str]) -> str:
     """One plain sentence on ``a`` vs ``b``: each compared metric with its interval and test,
-    then the cost ratios on the same device."""
+    then the cost ratios on the same device, then whether either was still improving when its
+    training ended (``unsettled``, :func:`_unsettled`)."""
     parts = []
     for c in rows:
         r = c.result
@@ -266,7 +284,62 @@ def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult) -> st
     if extras:
         joined = "; ".join(extras)
         text += " " + joined[0].upper() + joined[1:] + "."
+    caveat = _caveat(a.method, b.method, unsettled)[2:]
+    if caveat:
+        text += f" Not a comparison at the plateau: {caveat}."
     return text
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def _unsettled(runs: list[Convergence]) -> dict[str, str]:
+    """Methods with a run that was not at its plateau when its training ended: method -> the
+    clause the verdicts carry, e.g. ``"was still improving when its training ended (seed 0)"``."""
+    out = {}
+    for method in dict.fromkeys(r.method for r in runs):
+        mine = [r for r in runs if r.method == method]
+        improving = [str(r.seed) for r in mine if r.improving]
+        short = [str(r.seed) for r in mine if r.status == "too short"]
+        parts = []
+        if improving:
+            parts.append(f"was still improving when its training ended (seed{'s' if len(improving) > 1 else ''} "
+                         f"{', '.join(improving)} of {len(mine)})")  # fmt: skip
+        if short:
+            parts.append(f"trained too briefly to tell whether it converged (seed{'s' if len(short) > 1 else ''} "
+                         f"{', '.join(short)})")  # fmt: skip
+        if parts:
+            out[method] = " and ".join(parts)
+    return out
+
+
+def _training_rows(runs: list[Convergence]) -> list[dict[str, Any]]:
+    """One row per training run (method, seed) for the report's training table."""
+    rows = []
+    for r in runs:
+        if r.max_iterations is None:
+            ended = "—"
+        elif r.stopped_early:
+            ended = f"stopping rule at {r.iterations:,} of {r.max_iterations:,}"
+        else:
+            ended = f"maximum ({r.max_iterations:,})"
+        rows.append(
+            {
+                "method": r.method,
+                "seed": r.seed,
+                "ended": ended,
+                "selected": DASH if r.selected_iteration is None else f"{r.selected_iteration:,}",
+                "start": fmt_num(r.start, DICE_DECIMALS),
+                "late": fmt_num(r.late, DICE_DECIMALS),
+                "best": f"{fmt_num(r.best, DICE_DECIMALS)} @ {r.best_iteration:,}",
+                "gain": fmt_signed(r.gain, DICE_DECIMALS),
+                "late_gain": fmt_signed(r.late_gain, DICE_DECIMALS),
+                "fraction": DASH if not math.isfinite(r.late_fraction) else f"{100 * r.late_fraction:.0f} %",
+                "status": r.status,
+                "flag": r.status in ("still improving", "too short"),
+            }
+        )
+    return rows
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -421,8 +494,10 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
     base = by_name.get(baseline)
     plan = comparison_plan(list(by_name), baseline)
     rows = compare(by_name, plan)
+    runs = convergence_table(history) if history is not None else []
+    unsettled = _unsettled(runs)
     sentences = [
-        _sentence([c for c in rows if (c.a, c.b) == (a, b)], by_name[a], by_name[b])
+        _sentence([c for c in rows if (c.a, c.b) == (a, b)], by_name[a], by_name[b], unsettled)
         for a, b in plan
         if any(c.named for c in rows if (c.a, c.b) == (a, b))
     ]
@@ -437,7 +512,9 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
         "rows": _rows(results, base),
         "baseline": baseline if base is not None else None,
         "sentences": sentences,
-        "comparisons": [_comparison_row(c) for c in rows],
+        "comparisons": [_comparison_row(c, unsettled) for c in rows],
+        "training": _training_rows(runs),
+        "unsettled": unsettled,
         "notes": _dataset_notes(name, results, base),
         "plot_pairs": plots.pair_distribution(results, colours),
         "plot_curves": plots.training_curves(history, colours, list(by_name)) if history is not None else None,

@@ -109,13 +109,24 @@ def _train_block(method):
     return train_block(config, method, METHODS[method].train)
 
 
+#: keys of a train block that are the workflow's own (how the job runs), not crd train settings
+WORKFLOW_TRAIN_KEYS = ("processes", "threads")
+
+
 def train_settings(method, seed):
     """The merged train block (crd train's settings) with the seed from the DAG's seed wildcard,
-    without `processes`, the workflow's own key (train_processes)."""
+    without the workflow's own keys (`processes`: train_processes, `threads`: train_threads)."""
     settings = _train_block(method)
     settings["seed"] = int(seed)
-    settings.pop("processes", None)
+    for key in WORKFLOW_TRAIN_KEYS:
+        settings.pop(key, None)
     return settings
+
+
+def train_threads(method):
+    """Torch threads of each training process of `method`: its merged train block's `threads`, else
+    threads.train."""
+    return int(_train_block(method).get("threads", config["threads"]["train"]))
 
 
 def train_processes(method):

@@ -24,11 +24,11 @@ rule train:
         teacher=lambda wc, input: _option("--teacher", input.teacher),
         device=config["device"],
         launcher=lambda wc: train_launcher(wc.method),
-        torch_threads=config["threads"]["train"],
-    # train.processes data-parallel processes (torchrun), each with threads.train threads and,
-    # with resources.gpu, its own GPU
+        torch_threads=lambda wc: train_threads(wc.method),
+    # train.processes data-parallel processes (torchrun), each with threads.train threads (or the
+    # method's method_train threads) and, with resources.gpu, its own GPU
     priority: lambda wc: train_priority(wc.method)
-    threads: lambda wc: train_processes(wc.method) * config["threads"]["train"]
+    threads: lambda wc: train_processes(wc.method) * train_threads(wc.method)
     resources:
         mem_mb=lambda wc: train_processes(wc.method) * mem_mb("train"),
         gpu=lambda wc: train_processes(wc.method) * GPU,
