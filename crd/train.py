@@ -251,7 +251,8 @@ class Crop:
     def random(cls, shape: tuple[int, ...], size: list[int] | tuple[int, ...], generator: torch.Generator) -> Crop:
         """A crop of ``size`` at a uniformly random position inside ``shape`` ``(D, H, W)``, drawn
         from ``generator`` (three draws)."""
-        offset = tuple(int(torch.randint(n - c + 1, (1,), generator=generator)) for n, c in zip(shape, size, strict=True))
+        sides = zip(shape, size, strict=True)
+        offset = tuple(int(torch.randint(n - c + 1, (1,), generator=generator)) for n, c in sides)
         return cls(offset, tuple(int(c) for c in size))  # type: ignore[arg-type]
 
 

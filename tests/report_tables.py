@@ -130,10 +130,15 @@ def make_tables(
 
 
 def make_history(root: Path, dataset: str, method: str, seed: int = 0, *, start: float = 0.5, end: float = 0.8,
-                 distilled: bool = False) -> Path:  # fmt: skip
-    """A fake training history (crd.tidy.HISTORY_COLUMNS): validation Dice from ``start`` to ``end``."""
+                 distilled: bool = False, curve: list[float] | None = None) -> Path:  # fmt: skip
+    """A fake training history (crd.tidy.HISTORY_COLUMNS): validation Dice from ``start`` to ``end``
+    at iterations 0, 50, 100, or ``curve``'s values at iterations 0, 10, 20, ..."""
     rows = []
-    for i, it in enumerate((0, 50, 100)):
+    if curve is not None:
+        for i, v in enumerate(curve):
+            rows.append((dataset, method, seed, 10 * i, "val_dice", v))
+        rows.append((dataset, method, seed, 10 * (len(curve) - 1), "max_iterations", 10 * (len(curve) - 1)))
+    for i, it in enumerate((0, 50, 100) if curve is None else ()):
         rows.append((dataset, method, seed, it, "val_dice", start + (end - start) * i / 2))
         rows.append((dataset, method, seed, it, "val_loss", -0.2 - 0.1 * i))
         if it and distilled:

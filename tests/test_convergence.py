@@ -55,7 +55,8 @@ def test_the_threshold_sits_between_the_two_sides():
     """Shares just below and just above PLATEAU_FRACTION."""
     def run(late_gain: float) -> str:
         # start 0.40; quarter before at 0.50; last quarter at 0.50 + late_gain
-        values = {0: 0.40, 50: 0.45, 60: 0.50, 70: 0.50, 80: 0.50 + late_gain, 90: 0.50 + late_gain, 100: 0.50 + late_gain}
+        late = 0.50 + late_gain
+        values = {0: 0.40, 50: 0.45, 60: 0.50, 70: 0.50, 80: late, 90: late, 100: late}
         c = convergence(_history(values))
         assert c.late_fraction == pytest.approx(late_gain / (0.10 + late_gain))
         return c.status

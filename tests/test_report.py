@@ -277,3 +277,32 @@ def test_the_report_never_replaces_its_inputs(tmp_path, clash):
     with pytest.raises(ValueError, match=f"--out {re.escape(str(out))} is the"):
         build_report(tables, out, histories=[history])
     assert out.read_bytes() == before
+
+
+def test_a_method_still_improving_is_flagged_in_every_verdict_it_takes_part_in(tmp_path):
+    """hr climbs steadily to its last checkpoint (still improving), lr and crd levelled off: the
+    training table gives each run's status, and every comparison with hr, and only those, says
+    that hr was still improving; the statuses and shares are the definition's (worked out here)."""
+    tables = make_tables(tmp_path / "t", {"ds": PROFILE})
+    climbing = [0.40 + 0.02 * i for i in range(11)]  # at iterations 0, 10, ..., 100
+    level = [0.40, 0.50, 0.55, 0.57, 0.58, 0.58, 0.58, 0.58, 0.58, 0.58, 0.58]
+    histories = [make_history(tmp_path / "h", "ds", "hr", curve=climbing),
+                 make_history(tmp_path / "h", "ds", "lr", curve=level),
+                 make_history(tmp_path / "h", "ds", "crd", curve=level)]  # fmt: skip
+    html = build_report(tables, tmp_path / "r.html", histories=histories).read_text()
+    text = _text(html)
+    flag = "hr was still improving when its training ended (seed 0 of 1)"
+    # the training table: last quarter (75, 100] = mean(0.56, 0.58, 0.60) = 0.58, the quarter before
+    # (50, 75] = mean(0.52, 0.54) = 0.53; hr's share = (0.58 - 0.53) / (0.58 - 0.40) = 0.05 / 0.18 = 28 %
+    assert re.search(r"hr\s+0\s+maximum \(100\)\s+—\s+0\.400\s+0\.600 @ 100\s+0\.580\s+\+0\.180\s+\+0\.050\s+28 %"
+                     r"\s+still improving", text), text[text.find("did each network"):][:600]  # fmt: skip
+    assert re.search(r"lr\s+0\s+maximum \(100\).*?0 %\s+plateau", text)
+    rows = re.findall(r"<tr class=\"[a-z]*\"><td>([a-z-]+) vs ([a-z-]+)</td>.*?</tr>", html, flags=re.S)
+    verdicts = re.findall(r"<tr class=\"[a-z]*\"><td>([a-z-]+ vs [a-z-]+)</td><td>(\w+)</td>.*?"
+                          r"<td class=\"verdict \w+\">([^<]*)</td></tr>", html, flags=re.S)  # fmt: skip
+    assert rows and len(verdicts) == len(rows)
+    for pair, _metric, verdict in verdicts:
+        assert ("(not at the plateau: hr)" in verdict) == ("hr" in pair.split(" vs ")), (pair, verdict)
+    sentence = next(s for s in re.findall(r"<li>(crd vs hr:[^<]*)</li>", html))
+    assert "Not a comparison at the plateau: " + flag in htmllib.unescape(sentence)
+    assert "Not a comparison at the plateau" not in htmllib.unescape(re.findall(r"<li>(crd vs lr:[^<]*)</li>", html)[0])

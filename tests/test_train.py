@@ -388,7 +388,8 @@ def test_a_resumed_run_stops_where_an_uninterrupted_one_does_with_the_same_weigh
     assert a["training"]["selected_iteration"] == b["training"]["selected_iteration"] == 2
     assert max(load_history(history_path(resumed))["iteration"]) == 5
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
-    ha, hb = (load_history(history_path(p)).query("metric != 'elapsed_s'").reset_index(drop=True) for p in (whole, resumed))
+    ha, hb = (load_history(history_path(p)).query("metric != 'elapsed_s'").reset_index(drop=True)
+              for p in (whole, resumed))  # fmt: skip
     pd.testing.assert_frame_equal(ha, hb)
 
 

@@ -160,7 +160,8 @@ class FeatureShiftedTeacher(nn.Module):
         self.fuse1 = conv3(c32 + c16, c16)  # [up(fuse2), HR decode_1x]
         self.flow_f = conv3(c16, 3)
         # the fusing decoder as the backbone (its weights usually come from a trained hr)
-        initialise_weights(nn.ModuleDict({n: getattr(self, n) for n in ("fuse5", "fuse4", "fuse3", "fuse2", "fuse1", "flow_f")}))
+        fusing = ("fuse5", "fuse4", "fuse3", "fuse2", "fuse1", "flow_f")
+        initialise_weights(nn.ModuleDict({name: getattr(self, name) for name in fusing}))
 
     @property
     def config(self) -> dict[str, Any]:

@@ -219,10 +219,17 @@ def _spread(mean: float, sd: float, n: int, places: int) -> str:
 
 
 def _caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
-    """``"; hr was still improving when its training ended (seed 0)"``-style clause for the methods
-    of a comparison that were not at their plateau (``unsettled``: method -> what to say), or ``""``."""
+    """``"; hr was still improving when its training ended (seed 0 of 1)"``-style clause for the
+    methods of a comparison that were not at their plateau (``unsettled``: method -> what to say),
+    or ``""``."""
     said = [f"{m} {unsettled[m]}" for m in dict.fromkeys((a, b)) if m in unsettled]
     return "; " + "; ".join(said) if said else ""
+
+
+def _short_caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
+    """The table's form of :func:`_caveat`: ``" (not at the plateau: hr)"`` or ``""``."""
+    said = [m for m in dict.fromkeys((a, b)) if m in unsettled]
+    return f" (not at the plateau: {', '.join(said)})" if said else ""
 
 
 def _comparison_row(c: ComparisonRow, unsettled: dict[str, str]) -> dict[str, Any]:
@@ -240,7 +247,7 @@ def _comparison_row(c: ComparisonRow, unsettled: dict[str, str]) -> dict[str, An
         "p_holm": fmt_p(c.p_holm),
         "wtl": f"{r.wins}/{r.ties}/{r.losses}",
         "n": r.n,
-        "verdict": c.verdict + _caveat(c.a, c.b, unsettled),
+        "verdict": c.verdict + _short_caveat(c.a, c.b, unsettled),
         "better": c.better,
         "seeds": _spread(seed_mean, seed_sd, n_seeds, c.places),
         "named": c.named,
