@@ -197,3 +197,28 @@ def test_models_trace_under_torch_compile():
         torch._dynamo.reset()
         traced = torch.compile(model, backend="eager", fullgraph=True)(fixed, moving)
     torch.testing.assert_close(traced, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_network_starts_he_initialised_with_a_near_zero_field():
+    """He initialisation for LeakyReLU(0.2) (std sqrt(2 / 1.04) / sqrt(fan_in)), zero biases, flow
+    heads at Normal(0, 1e-5): the field of a fresh model is ~0 and the coarse levels keep their
+    scale (crd.models.backbone.initialise_weights; README, "Training to the plateau")."""
+    import math
+
+    from crd.models.backbone import FLOW_HEAD_STD
+    from crd.models.registration import FeatureShiftedTeacher, FullResolutionNet
+
+    torch.manual_seed(0)
+    for model in (FullResolutionNet(), FeatureShiftedTeacher()):
+        for name, conv in model.named_modules():
+            if not isinstance(conv, torch.nn.Conv3d):
+                continue
+            assert torch.count_nonzero(conv.bias) == 0, name
+            if name.split(".")[-1] in ("flow", "flow_f"):
+                assert conv.weight.std().item() == pytest.approx(FLOW_HEAD_STD, rel=0.1), name
+            else:
+                fan_in = conv.weight[0].numel()
+                expected = math.sqrt(2 / (1 + 0.2**2)) / math.sqrt(fan_in)
+                assert conv.weight.std().item() == pytest.approx(expected, rel=0.1), name
+    x = torch.rand(1, 1, 32, 32, 32)
+    assert FullResolutionNet()(x, x).abs().max() < 1e-2

@@ -21,6 +21,7 @@ from crd.models.functional import warp
 from crd.models.official import OFFICIAL_PREFIX, expected_shapes, import_official
 from crd.models.registration import IdentityNet, LowResolutionNet
 from crd.register import InputImageError, intensity_range_warning, normalise_intensity, pad_to_multiple, register
+from model_helpers import with_visible_field
 from repo_paths import SHARED
 
 OFFICIAL = SHARED / "crd-official"
@@ -134,7 +135,7 @@ def expected_flow(model, pair, minmax=True):
 
 def test_lowres_model_is_padded_to_its_multiple_and_cropped_back(tmp_path, pair):
     torch.manual_seed(0)
-    model = LowResolutionNet(width=0.25).eval()
+    model = with_visible_field(LowResolutionNet(width=0.25)).eval()
     ckpt = save_checkpoint(tmp_path / "lr.pt", model, method="lr")
     result = run(ckpt, pair, tmp_path / "out", threads=2, normalisation="minmax")
     assert model.size_multiple == 32 and result.padded_shape == (64, 64, 64)
@@ -163,7 +164,7 @@ def test_the_warm_up_is_one_untimed_registration_at_the_real_size(tmp_path, pair
     import crd.register
 
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "lr.pt", LowResolutionNet(width=0.25).eval(), method="lr")
+    ckpt = save_checkpoint(tmp_path / "lr.pt", with_visible_field(LowResolutionNet(width=0.25)).eval(), method="lr")
     events = []
 
     def seen(kind, *tensors, **extra):
@@ -220,7 +221,7 @@ def _checkpoint_recording(tmp_path, record):
         ckpt = random_official_checkpoint(tmp_path / "official.pt")
         return load_model(ckpt)[0], ckpt
     torch.manual_seed(2)
-    model = LowResolutionNet(width=0.25).eval()
+    model = with_visible_field(LowResolutionNet(width=0.25), seed=2).eval()
     spec = None if record is None else {"intensity": "test", "normalisation": record}
     return model, save_checkpoint(tmp_path / "lr.pt", model, method="lr", input_spec=spec)
 
