@@ -121,3 +121,19 @@ def test_a_killed_two_process_run_resumes_to_the_same_weights(tiny_synth, tmp_pa
     resumed = _train(tiny_synth, out, HR, 2, settings)
     assert read_checkpoint(resumed)["training"]["resumed_at"] > 0
     _assert_same_weights(reference, resumed, atol=0)  # same processes, same order of sums: bit for bit
+
+
+@pytest.mark.slow
+def test_the_stopping_rule_stops_every_process(tiny_synth, tmp_path):
+    """Only rank 0 validates, so only it can apply the stopping rule: its decision must reach rank 1,
+    which would otherwise go on stepping and hang in the next gradient all-reduce (the run's 300 s
+    timeout fails the test then). No rise of 1.0 in Dice is possible: the rule stops the run at its
+    first monitored checkpoint after iteration 0, with two processes as with one."""
+    settings = {**SETTINGS, "iterations": 40, "checkpoint_every": 2, "patience": 1, "min_delta": 1.0,
+                "keep_best": True}  # fmt: skip
+    one = _train(tiny_synth, tmp_path / "one" / "hr.pt", HR, 1, settings)
+    two = _train(tiny_synth, tmp_path / "two" / "hr.pt", HR, 2, settings)
+    for out in (one, two):
+        training = read_checkpoint(out)["training"]
+        assert training["stopped_early"] and training["iterations_taken"] == 2 and training["selected_iteration"] == 0
+    _assert_same_weights(one, two)
