@@ -14,7 +14,7 @@ nothing (a few dozen steps); it shows that every stage runs on the device and wh
 
 ``run --as-configured`` runs the configuration itself instead: its dataset, its train settings
 (the stopping rule included), every seed, one report over all seeds; ``benchmarks/gpu.sh`` runs
-``config/converged.yaml`` so, so that a first GPU run brings back a converged three-seed table:
+``config/converged.yaml`` this way, so that a first GPU run brings back a converged three-seed table:
 
     python benchmarks/train_check.py run --as-configured --config config.yaml config/converged.yaml \
         --device cuda --jobs 4 --work results/gpu-check/converged
@@ -209,10 +209,11 @@ def _convergence_summary(histories: list[Path]) -> str:
     import pandas as pd
 
     from crd.convergence import convergence_table
+    from crd.tidy import load_history
 
     lines = [f"{'method':12s} {'seed':>4s} {'ended':>9s} {'max':>6s} {'selected':>8s} {'start':>6s} {'last q.':>7s} "
              f"{'share':>6s}  status"]  # fmt: skip
-    for r in convergence_table(pd.concat([pd.read_csv(h) for h in histories], ignore_index=True)):
+    for r in convergence_table(pd.concat([load_history(h) for h in histories], ignore_index=True)):
         share = f"{100 * r.late_fraction:5.0f}%" if r.late_fraction == r.late_fraction else "     —"
         lines.append(f"{r.method:12s} {r.seed:4d} {r.iterations:9d} {r.max_iterations or 0:6d} "
                      f"{r.selected_iteration or 0:8d} {r.start:6.3f} {r.late:7.3f} {share}  {r.status}")  # fmt: skip

@@ -219,11 +219,10 @@ def _spread(mean: float, sd: float, n: int, places: int) -> str:
 
 
 def _caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
-    """``"; hr was still improving when its training ended (seed 0 of 1)"``-style clause for the
+    """``"hr was still improving when its training ended (seed 0 of 1)"``-style clauses for the
     methods of a comparison that were not at their plateau (``unsettled``: method -> what to say),
     or ``""``."""
-    said = [f"{m} {unsettled[m]}" for m in dict.fromkeys((a, b)) if m in unsettled]
-    return "; " + "; ".join(said) if said else ""
+    return "; ".join(f"{m} {unsettled[m]}" for m in dict.fromkeys((a, b)) if m in unsettled)
 
 
 def _short_caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
@@ -291,7 +290,7 @@ def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult, unset
     if extras:
         joined = "; ".join(extras)
         text += " " + joined[0].upper() + joined[1:] + "."
-    caveat = _caveat(a.method, b.method, unsettled)[2:]
+    caveat = _caveat(a.method, b.method, unsettled)
     if caveat:
         text += f" Not a comparison at the plateau: {caveat}."
     return text
