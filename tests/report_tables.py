@@ -51,11 +51,13 @@ def make_tables(
     seed: int = 0,
     seeds: tuple[int, ...] = (0,),
     noise: float = 0.03,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> list[Path]:
     """Write fake evaluation tables, sidecars and example NIfTIs under ``root``; return the CSVs.
 
     ``datasets`` maps dataset name -> {method: (mean Dice, time, memory, params)}; one table per
     training seed in ``seeds`` (each seed shifts a method's Dice by a small seeded amount).
+    ``pairs``: the test pairs ``(fixed, moving)`` (default ``n_pairs`` pairs sharing no image).
     """
     datasets = datasets or {"ds_a": PROFILE, "ds_b": PROFILE}
     rng = np.random.default_rng(seed)
@@ -68,13 +70,13 @@ def make_tables(
         fixed_path = _save(fixed_img, img_dir / "f0.nii.gz")
         moving_path = _save(moving_img, img_dir / "m0.nii.gz")
         labels_path = _save(fixed_lab, img_dir / "f0_labels.nii.gz")
-        pairs = [(f"f{i}", f"m{i}") for i in range(n_pairs)]
+        ds_pairs = pairs or [(f"f{i}", f"m{i}") for i in range(n_pairs)]
         for method, (dice, t, mem, params), train_seed in (
             (m, v, ts) for m, v in profile.items() for ts in seeds
         ):
             rows = []
             dice = dice + (0.0 if method == "identity" else 0.01 * (train_seed - np.mean(seeds)))
-            for fx, mv in pairs:
+            for fx, mv in ds_pairs:
                 per_label = np.clip(dice + rng.normal(0, noise, n_labels), 0, 1)
                 for lab, v in enumerate(per_label, start=1):
                     rows.append((fx, mv, "dice", lab, float(v)))
@@ -113,7 +115,7 @@ def make_tables(
                 "device_name": "Fake CPU" if device == "cpu" else "Fake GPU",
                 "torch": "2.5.0",
                 "threads": 2,
-                "n_pairs": n_pairs,
+                "n_pairs": len(ds_pairs),
                 "checkpoint": None,
                 "example": {
                     "fixed": "f0",
@@ -148,3 +150,41 @@ def make_history(root: Path, dataset: str, method: str, seed: int = 0, *, start:
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=["dataset", "method", "seed", "iteration", "metric", "value"]).to_csv(path, index=False)
     return path
+
+
+def set_pair_values(csv: Path, metric: str, values: dict[tuple[str, str], float]) -> None:
+    """Overwrite the pair-level (no label) ``metric`` of a fake table with ``values[(fixed, moving)]``."""
+    frame = pd.read_csv(csv)
+    top = (frame["metric"] == metric) & frame["label"].isna() & frame["fixed"].notna()
+    frame.loc[top, "value"] = [values[(f, m)] for f, m in zip(frame.loc[top, "fixed"], frame.loc[top, "moving"],
+                                                                strict=True)]  # fmt: skip
+    frame.to_csv(csv, index=False)
+
+
+#: six subjects, every ordered pair: 30 test pairs, each subject in 10 (an inter-subject design)
+SUBJECTS = tuple(f"s{i}" for i in range(6))
+ALL_ORDERED = [(f, m) for f in SUBJECTS for m in SUBJECTS if f != m]
+#: per method: (Dice shift, HD95 shift, sd of a seed's shift). With generator seed 21 and three
+#: seeds these give the report rows of every strength: a clear one, a null one (crd vs lr Dice), one
+#: significant under Holm but not under Bonferroni and significant as models but not as methods
+#: (crd vs hr HD95), one significant before Holm's correction only (crd vs hr HD95 as methods).
+DESIGNED_SHIFTS = {"hr": (0.05, -0.4, 0.003), "lr": (0.0, 0.0, 0.003), "crd": (0.003, -0.37, 0.006)}
+
+
+def make_designed_tables(root: Path, *, seeds: tuple[int, ...] = (0, 1, 2), generator_seed: int = 21) -> list[Path]:
+    """Tables of hr, lr and crd on :data:`ALL_ORDERED` whose pair-level Dice and HD95 follow a
+    subject effect (each subject shifts every pair it is in), a seed effect and pair noise."""
+    profile = {"hr": (0.65, 2.1, 3400.0, 1), "lr": (0.6, 0.4, 820.0, 1), "crd": (0.6, 0.42, 850.0, 1)}
+    tables = make_tables(root, {"ds": profile}, pairs=ALL_ORDERED, seeds=seeds)
+    rng = np.random.default_rng(generator_seed)
+    effect = dict(zip(SUBJECTS, rng.normal(0, 0.02, len(SUBJECTS)), strict=True))
+    dice = {p: 0.6 + effect[p[0]] + effect[p[1]] for p in ALL_ORDERED}
+    hd95 = {p: 3.0 - 5 * (effect[p[0]] + effect[p[1]]) for p in ALL_ORDERED}
+    for csv in tables:
+        method = csv.stem.split("__")[1]
+        dice_shift, hd95_shift, seed_sd = DESIGNED_SHIFTS[method]
+        seed_effect = rng.normal(0, seed_sd)
+        set_pair_values(csv, "dice", {p: dice[p] + dice_shift + seed_effect + rng.normal(0, 0.01) for p in ALL_ORDERED})
+        set_pair_values(csv, "hd95_mm", {p: hd95[p] + hd95_shift - 3 * seed_effect + rng.normal(0, 0.08)
+                                         for p in ALL_ORDERED})  # fmt: skip
+    return tables

@@ -1,7 +1,8 @@
 """Tests for crd.report: the single-file HTML report read from tidy tables, sidecars and histories.
 
-The statistics the report prints are checked against independent references on the same tables
-(scipy's Wilcoxon test, a hand-written Holm step-down, numpy means), not against crd.stats."""
+The statistics the report prints are checked against an independent reference on the same tables
+(tests/stats_reference.py: the documented bootstrap, interval, p-value, ties and Holm written out
+with loops; pandas means), not against crd.stats."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import wilcoxon
 
+import stats_reference as R
 from crd.report import build_report
 from crd.tidy import load_history, load_table
-from report_tables import METHODS, PROFILE, make_history, make_tables
+from report_tables import ALL_ORDERED, METHODS, PROFILE, make_designed_tables, make_history, make_tables
 
 
 def _frame(tables: list[Path]) -> pd.DataFrame:
@@ -78,7 +79,7 @@ def test_mean_dice_ratios_and_best(report):
     assert re.search(r'<td class="flag">0 / 1</td>', html)
     assert "Generated " in html and "crd-bench 0." in html
     assert "Fake CPU" in html and "2.5.0" in html
-    assert "one training seed: the tests below are over test pairs" in html  # the caveat of a 1-seed run
+    assert "one training seed: the verdicts below are about these trained models" in html  # a 1-seed run's caveat
 
 
 def test_dsc30_is_the_30th_percentile_of_pair_dice(report):
@@ -88,58 +89,116 @@ def test_dsc30_is_the_30th_percentile_of_pair_dice(report):
         assert f">{np.quantile(pairs.to_numpy(), 0.3):.3f}<" in html.replace("\n", "")
 
 
-def _holm(p: list[float]) -> list[float]:
-    """Holm's step-down adjustment, written out independently of crd.stats."""
-    order = sorted(range(len(p)), key=lambda i: p[i])
-    adjusted, running = [0.0] * len(p), 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p) - rank) * p[i]))
-        adjusted[i] = running
-    return adjusted
-
-
 def _stats_rows(html: str, dataset: str) -> list[list[str]]:
+    """The cells of the comparison table's body rows (after its two header rows)."""
     section = html[html.index(f'<h2>{dataset}</h2>') :]
-    table = section[section.index('<table class="stats">') : section.index("</table>", section.index('class="stats"'))]
-    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[1:]
+    start = section.index("<h3>Comparisons</h3>")
+    start = section.index('<table class="stats">', start)
+    table = section[start : section.index("</table>", start)]
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", table, re.S)[2:]
     return [[_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", r, re.S)] for r in rows]
 
 
-def test_comparisons_match_scipy_and_holm(tmp_path):
-    """A clear win (crd over lr), a clear loss (lr vs hr) and noise: the report's p-values are
-    scipy's paired Wilcoxon on the seed-averaged pair values, adjusted by Holm over every row."""
-    profile = {"hr": (0.82, 2.1, 3400.0, 1), "lr": (0.76, 0.4, 820.0, 1), "crd": (0.80, 0.42, 850.0, 1)}
-    tables = make_tables(tmp_path, {"ds": profile}, n_pairs=14, seeds=(0, 1), noise=0.02)
+def _signed(x: float, places: int) -> str:
+    return ("+" if x >= 0 else "−") + f"{abs(x):.{places}f}"
+
+
+def _p_text(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else (f"{p:.2g}" if p < 0.1 else f"{p:.2f}")
+
+
+def _per_seed_values(tables: list[Path], method: str, metric: str) -> dict[int, pd.Series]:
+    df = _frame(tables)
+    df = df[(df.method == method) & (df.metric == metric) & df.label.isna()]
+    return {int(s): g.groupby(["fixed", "moving"])["value"].mean() for s, g in df.groupby("seed")}
+
+
+def test_every_printed_comparison_figure_matches_an_independent_reference(tmp_path):
+    """Rows of every strength (tests/report_tables.py, DESIGNED_SHIFTS): each figure of the table is
+    recomputed from the CSVs with the reference bootstrap, Holm and verdict rule; the design's
+    borderline rows make Bonferroni-for-Holm, a swapped p-value, pair resampling, an unresampled
+    seed level, another interval level or a mean-sign direction print something else."""
+    tables = make_designed_tables(tmp_path)
     html = build_report(tables, tmp_path / "r.html").read_text()
     rows = _stats_rows(html, "ds")
-    # named first (crd vs lr, crd vs hr), then lr vs hr; Dice and HD95 each
     assert [(r[0], r[1]) for r in rows] == [
         ("crd vs lr", "Dice"), ("crd vs lr", "HD95"), ("crd vs hr", "Dice"), ("crd vs hr", "HD95"),
         ("lr vs hr", "Dice"), ("lr vs hr", "HD95"),
     ]  # fmt: skip
-    raw = []
+    reference = []
     for r in rows:
         a, b = r[0].split(" vs ")
-        metric = "dice" if r[1] == "Dice" else "hd95_mm"
+        metric, places, higher = ("dice", 3, True) if r[1] == "Dice" else ("hd95_mm", 2, False)
         va, vb = _pair_values(tables, "ds", a, metric), _pair_values(tables, "ds", b, metric)
-        raw.append(wilcoxon(va - vb[va.index]).pvalue)
-        places = 3 if metric == "dice" else 2
-        assert r[4] == ("+" if (va - vb).mean() >= 0 else "−") + f"{abs((va - vb).mean()):.{places}f}"
-        wins, ties, losses = int(((va - vb) > 0).sum()), int(((va - vb) == 0).sum()), int(((va - vb) < 0).sum())
-        assert r[8] == f"{wins}/{ties}/{losses}" and r[9] == "14"
-        assert "over 2 seeds" in r[10]
-    for r, p, p_holm in zip(rows, raw, _holm(raw), strict=True):
-        assert float(r[6].replace("< ", "")) == pytest.approx(p, rel=0.05, abs=1e-4), r
-        assert float(r[7].replace("< ", "")) == pytest.approx(p_holm, rel=0.05, abs=1e-4), r
-        # the verdict follows the adjusted p-value and the sign, never "does not beat"
-        diff_positive = not r[4].startswith("−")
-        if p_holm <= 0.05:
-            assert r[11].startswith("significantly " + ("higher" if diff_positive else "lower")), r
-        else:
-            assert r[11] == "no significant difference", r
-    assert rows[0][11] == "significantly higher (better)"  # crd over lr on Dice
-    assert rows[4][11] == "significantly lower (worse)"  # lr under hr on Dice
-    assert "does not beat" not in html
+        pairs = list(va.index)
+        d = [R.difference(x, y) for x, y in zip(va, vb[va.index], strict=True)]
+        models = R.replicates([d], pairs, resample_seeds=False, n_boot=9_999)
+        sa, sb = _per_seed_values(tables, a, metric), _per_seed_values(tables, b, metric)
+        cells = [[R.difference(x, y) for x, y in zip(sa[s][pairs], sb[s][pairs], strict=True)] for s in sorted(sa)]
+        methods = R.replicates(cells, pairs, resample_seeds=True, n_boot=9_999)
+        reference.append((r, places, higher, float(np.mean(d)), R.interval(models), R.p_value(models),
+                          [float(np.mean(c)) for c in cells], R.interval(methods), R.p_value(methods), d))  # fmt: skip
+    holm_models = R.holm([x[5] for x in reference])
+    holm_methods = R.holm([x[8] for x in reference])
+    for (r, places, higher, delta, ci, p, per_seed, mci, mp, d), ph, mph in zip(reference, holm_models, holm_methods,
+                                                                                  strict=True):  # fmt: skip
+        assert r[4] == _signed(delta, places), r
+        assert r[5] == f"[{_signed(ci[0], places)}, {_signed(ci[1], places)}]", r
+        assert r[6] == _p_text(p) and r[7] == _p_text(ph), r
+        assert r[8] == R.verdict(ci, ph, higher, p), r
+        assert r[9] == ", ".join(_signed(x, places) for x in per_seed) + " (seeds 0, 1, 2)", r
+        assert r[10] == f"[{_signed(mci[0], places)}, {_signed(mci[1], places)}]", r
+        assert r[11] == _p_text(mph), r
+        assert r[12] == R.verdict(mci, mph, higher, mp), r
+        assert r[13] == f"{sum(x > 0 for x in d)}/{sum(x == 0 for x in d)}/{sum(x < 0 for x in d)}" and r[14] == "30"
+    # the design covers every branch: a null row, Holm but not Bonferroni, models but not methods,
+    # significant before Holm's correction only
+    verdicts = [(r[8], r[12]) for r, *_ in reference]
+    assert ("no significant difference", "no significant difference") in verdicts
+    bonferroni = [min(1.0, len(reference) * x[5]) for x in reference]
+    assert any(ph <= 0.05 < pb for ph, pb in zip(holm_models, bonferroni, strict=True))
+    assert ("significantly higher (worse)", "no significant difference (p ≤ 0.05 before Holm's correction)") in verdicts
+    assert len({r[6] for r in rows}) >= 3  # distinct p-values: a swap between rows shows
+    assert "6 subjects (each in 10 of 30 pairs)" in _text(html)  # the unit resampled is said
+
+
+def test_the_headline_sentence_is_about_the_methods_when_there_are_seeds(tmp_path):
+    tables = make_designed_tables(tmp_path)
+    html = build_report(tables, tmp_path / "r.html").read_text()
+    sentence = _text(re.search(r"<li>(crd vs hr: Dice [^<]*)</li>", html).group(1))
+    assert "HD95 2.63 vs 2.57, Δ +0.05; as methods (3 seeds, per seed +0.05, +0.05, +0.06): 95 % CI +0.01 to +0.09: " \
+        "no significant difference (p ≤ 0.05 before Holm's correction) (Holm-adjusted p = 0.054); as these trained " \
+        "models (seed-averaged): 95 % CI +0.01 to +0.08: significantly higher (worse) (Holm-adjusted p = 0.035)" \
+        in sentence, sentence
+    # the verdict cell coloured is the methods' one
+    assert re.search(r'<td class="verdict same">significantly higher \(worse\)</td>', html)
+
+
+def test_one_seed_verdicts_are_about_these_models(tmp_path):
+    tables = make_designed_tables(tmp_path, seeds=(0,))
+    html = build_report(tables, tmp_path / "r.html").read_text()
+    for r in _stats_rows(html, "ds"):
+        assert r[9:13] == ["—", "—", "—", "one seed: cannot tell"], r
+    assert "these trained models (one seed: nothing said about the methods)" in _text(html)
+
+
+def test_a_constructed_skewed_loss_reads_consistently_in_the_report(tmp_path):
+    """Issue 22's case through the whole report: crd better by 0.01 on 29 of 30 pairs, worse by 0.5 on one."""
+    tables = make_tables(tmp_path, {"ds": {m: PROFILE[m] for m in ("hr", "lr", "crd")}}, pairs=ALL_ORDERED)
+    from report_tables import set_pair_values
+
+    lr = {p: 0.6 for p in ALL_ORDERED}
+    crd = {p: 0.61 for p in ALL_ORDERED}
+    crd[ALL_ORDERED[7]] = 0.1
+    for csv in tables:
+        method = csv.stem.split("__")[1]
+        if method in ("lr", "crd"):
+            set_pair_values(csv, "dice", lr if method == "lr" else crd)
+    html = build_report(tables, tmp_path / "r.html").read_text()
+    row = _stats_rows(html, "ds")[0]
+    assert row[:5] == ["crd vs lr", "Dice", "0.593", "0.600", "−0.007"] and row[13] == "29/0/1"
+    low, high = (float(x.replace("−", "-")) for x in row[5].strip("[]").split(", "))
+    assert low < 0 < high and row[8] == "no significant difference"
 
 
 def test_bootstrap_interval_covers_the_mean_difference(tmp_path):
@@ -158,8 +217,9 @@ def test_named_comparison_sentence_states_interval_test_and_pairs(report):
     text = htmllib.unescape(sentence.group(1))
     dice = _means(tables)
     assert text.startswith(f"crd vs lr: Dice {dice['ds_a', 'crd']:.3f} vs {dice['ds_a', 'lr']:.3f}, Δ ")
-    assert "95 % CI" in text and re.search(r"Holm-adjusted p (= [0-9.]+|< 0\.0001);", text) and "of 4 pairs" in text
+    assert "95 % CI" in text and re.search(r"Holm-adjusted p (= [0-9.]+|< 0\.0001)\);", text) and "of 4 pairs" in text
     assert re.search(r": (significantly (higher|lower) \((better|worse)\)|no significant difference) \(", text)
+    assert "these trained models (one seed: nothing said about the methods)" in text
 
 
 def test_seeds_are_averaged_per_pair_and_their_spread_shown(tmp_path):
@@ -299,7 +359,7 @@ def test_a_method_still_improving_is_flagged_in_every_verdict_it_takes_part_in(t
     assert re.search(r"lr\s+0\s+maximum \(100\).*?0 %\s+plateau", text)
     rows = re.findall(r"<tr class=\"[a-z]*\"><td>([a-z-]+) vs ([a-z-]+)</td>.*?</tr>", html, flags=re.S)
     verdicts = re.findall(r"<tr class=\"[a-z]*\"><td>([a-z-]+ vs [a-z-]+)</td><td>(\w+)</td>.*?"
-                          r"<td class=\"verdict \w+\">([^<]*)</td></tr>", html, flags=re.S)  # fmt: skip
+                          r"<td class=\"verdict \w+\">([^<]*)</td>", html, flags=re.S)  # fmt: skip
     assert rows and len(verdicts) == len(rows)
     for pair, _metric, verdict in verdicts:
         assert ("(not at the plateau: hr)" in verdict) == ("hr" in pair.split(" vs ")), (pair, verdict)

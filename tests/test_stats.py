@@ -1,4 +1,5 @@
-"""Tests for crd.stats against scipy, hand-worked examples, brute-force enumeration and simulation."""
+"""Tests for crd.stats against an independent reference (tests/stats_reference.py), statsmodels,
+hand-worked examples and simulation (coverage at the stated level and unit of replication)."""
 
 from __future__ import annotations
 
@@ -8,76 +9,124 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
 
+import stats_reference as R
 from crd import stats as S
 
 # ---------------------------------------------------------------------------------------------
-# Wilcoxon signed-rank p-value
+# Designs: which units the bootstrap redraws
+# ---------------------------------------------------------------------------------------------
+
+SUBJECTS = [f"s{i}" for i in range(6)]
+ALL_ORDERED = list(itertools.permutations(SUBJECTS, 2))  # 30 pairs, each subject in 10
+
+
+def _series(values, pairs) -> pd.Series:
+    return pd.Series(np.asarray(values, dtype=float), index=pd.MultiIndex.from_tuples(pairs, names=["fixed", "moving"]))
+
+
+def test_units_are_chosen_from_the_pairing():
+    subjects = S.resampling_for(ALL_ORDERED)
+    assert subjects.unit == "subject" and subjects.n_units == 6
+    assert subjects.describe() == "6 subjects (each in 10 of 30 pairs)"
+    atlas = S.resampling_for([("atlas", f"m{i}") for i in range(5)])
+    assert atlas.unit == "moving image" and atlas.n_units == 5 and atlas.describe().startswith("5 moving images")
+    disjoint = S.resampling_for([(f"f{i}", f"m{i}") for i in range(4)])
+    assert disjoint.unit == "pair" and disjoint.n_units == 4
+    chain = S.resampling_for([("a", "b"), ("b", "c"), ("c", "d")])  # consecutive pairs share subjects
+    assert chain.unit == "subject" and chain.n_units == 4
+    assert S.resampling_for(7).unit == "pair"
+    # a Series indexed by (fixed, moving) is resampled by its pairing, an array by its pairs
+    x = np.linspace(0, 1, 30)
+    assert S.paired_comparison(_series(x, ALL_ORDERED), _series(0 * x, ALL_ORDERED), n_boot=99).unit == "subject"
+    assert S.paired_comparison(x, 0 * x, n_boot=99).unit == "pair"
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [ALL_ORDERED, [("atlas", f"m{i}") for i in range(8)], [(f"f{i}", f"m{i}") for i in range(8)],
+     [("a", "b"), ("b", "c"), ("c", "d"), ("d", "e"), ("e", "a")]],
+    ids=["inter-subject", "atlas", "disjoint", "ring"],
+)  # fmt: skip
+def test_model_comparison_equals_the_independent_reference(pairs):
+    rng = np.random.default_rng(len(pairs))
+    a = rng.normal(0.60, 0.05, len(pairs))
+    b = a - rng.normal(0.01, 0.02, len(pairs))
+    result = S.paired_comparison(_series(a, pairs), _series(b, pairs), n_boot=2_999, seed=4)
+    reps = R.replicates([[R.difference(x, y) for x, y in zip(a, b, strict=True)]], pairs, resample_seeds=False,
+                        n_boot=2_999, seed=4)  # fmt: skip
+    assert result.mean_diff == pytest.approx(float(np.mean(a - b)), abs=1e-15)
+    assert (result.ci_low, result.ci_high) == pytest.approx(R.interval(reps), abs=1e-15)
+    assert result.p_value == pytest.approx(R.p_value(reps), abs=1e-15)
+    assert result.n_boot_used == sum(not math.isnan(r) for r in reps)
+    assert result.confidence == 0.95 and result.n_seeds == 1 and not result.seeds_resampled
+
+
+def test_seed_comparison_equals_the_independent_reference():
+    rng = np.random.default_rng(21)
+    seeds = {0: 0.02, 1: -0.005, 2: 0.012}
+    a = {s: _series(rng.normal(0.6 + off, 0.03, 30), ALL_ORDERED) for s, off in seeds.items()}
+    b = {s: _series(rng.normal(0.6, 0.03, 30), ALL_ORDERED) for s in seeds}
+    a[1].iloc[4] = np.nan  # a missing cell stays out
+    result = S.seed_comparison(a, b, n_boot=1_999, seed=3)
+    cells = [[R.difference(x, y) if not math.isnan(x) else math.nan for x, y in zip(a[s], b[s], strict=True)]
+             for s in sorted(seeds)]  # fmt: skip
+    reps = R.replicates(cells, ALL_ORDERED, resample_seeds=True, n_boot=1_999, seed=3)
+    flat = [x for row in cells for x in row if not math.isnan(x)]
+    assert result.n_seeds == 3 and result.seeds_resampled and result.dropped_nan == 1
+    assert result.mean_diff == pytest.approx(float(np.mean(flat)), abs=1e-15)
+    assert (result.ci_low, result.ci_high) == pytest.approx(R.interval(reps), abs=1e-15)
+    assert result.p_value == pytest.approx(R.p_value(reps), abs=1e-15)
+    assert S.seed_comparison({0: a[0]}, {0: b[0]}) is None  # one seed cannot tell
+    assert S.seed_comparison({0: a[0], 1: a[1]}, {1: b[1], 2: b[2]}) is None  # one seed in common
+
+
+# ---------------------------------------------------------------------------------------------
+# One estimand: the interval, the p-value and the verdict agree
 # ---------------------------------------------------------------------------------------------
 
 
-def _exact_wilcoxon_p(differences: np.ndarray) -> float:
-    """Two-sided exact p-value by enumerating all 2^n sign assignments of the ranks 1..n
-    (distinct, nonzero |differences| only): P(|W+ - n(n+1)/4| >= |w+ - n(n+1)/4|) under H0."""
-    n = differences.size
-    ranks = np.argsort(np.argsort(np.abs(differences))) + 1
-    w_obs = ranks[differences > 0].sum()
-    centre = n * (n + 1) / 4
-    w_all = np.array([np.dot(signs, ranks) for signs in itertools.product((0, 1), repeat=n)])
-    return float(np.mean(np.abs(w_all - centre) >= abs(w_obs - centre) - 1e-12))
+def test_p_is_at_most_alpha_exactly_when_the_interval_excludes_zero():
+    rng = np.random.default_rng(12)
+    decided = set()
+    for rep in range(300):
+        shift = rng.uniform(-0.02, 0.02)  # many cases near the boundary
+        d = rng.normal(shift, 0.03, 30)
+        for confidence in (0.95, 0.9):
+            r = S.paired_comparison(_series(d, ALL_ORDERED), _series(0 * d, ALL_ORDERED), confidence=confidence,
+                                    seed=rep)  # fmt: skip
+            excludes = r.ci_low > 0 or r.ci_high < 0
+            assert (r.p_value <= 1 - confidence) == excludes, (rep, confidence, r)
+            decided.add(excludes)
+    assert decided == {True, False}
 
 
-def test_wilcoxon_p_equals_scipy_on_the_differences():
-    rng = np.random.default_rng(3)
-    a = rng.normal(0.7, 0.1, 80)  # n > 50: scipy's normal approximation
-    b = a - rng.normal(0.02, 0.05, 80)
-    result = S.paired_comparison(a, b, n_boot=100)
-    assert result.p_value == pytest.approx(sps.wilcoxon(a - b).pvalue, rel=1e-12)
-    assert result.p_value < 0.05
+def test_a_skewed_loss_does_not_turn_29_wins_into_a_significant_loss():
+    """Issue 22's constructed case: A better by 0.01 on 29 of 30 pairs, worse by 0.5 on one."""
+    b = np.full(30, 0.6)
+    a = b + 0.01
+    a[7] = b[7] - 0.5
+    for x, y in ((a, b), (_series(a, ALL_ORDERED), _series(b, ALL_ORDERED))):
+        r = S.paired_comparison(x, y)
+        assert r.mean_diff == pytest.approx((29 * 0.01 - 0.5) / 30)
+        assert (r.wins, r.ties, r.losses) == (29, 0, 1)
+        assert r.ci_low < 0 < r.ci_high and r.p_value > 0.05 and r.direction == 0
+        assert S.describe_difference(r, r.p_value) == "no significant difference"
 
 
-@pytest.mark.parametrize("differences", [[0.3, -0.1, 0.5, 0.7, -0.25, 0.9, 1.1, 0.05], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
-def test_wilcoxon_p_is_exact_for_small_n_without_ties(differences):
-    d = np.array(differences)
-    reference = _exact_wilcoxon_p(d)
-    assert S.wilcoxon_p(d) == pytest.approx(reference, rel=1e-12)
-    assert S.paired_comparison(d, np.zeros_like(d), n_boot=100).p_value == pytest.approx(reference, rel=1e-12)
+def test_float_noise_is_a_tie_not_a_win():
+    a, b = np.full(30, 0.1) + 0.2, np.full(30, 0.3)  # 0.30000000000000004 vs 0.3
+    assert np.all(a > b)
+    r = S.paired_comparison(a, b)
+    assert (r.wins, r.ties, r.losses) == (0, 30, 0)
+    assert r.mean_diff == 0.0 and r.p_value == 1.0 and (r.ci_low, r.ci_high) == (0.0, 0.0)
+    assert S.describe_difference(r, r.p_value) == "no significant difference"
+    assert S.win_tie_loss(np.array([0.5, 0.5 + 1e-7, 0.5 - 1e-7]), np.full(3, 0.5)) == (1, 1, 1)  # a voxel counts
+    assert S.tied(np.array([2.0, 2.0, 1e-13]), np.array([2.0 + 1e-9, 2.0 + 1e-8, 0.0])).tolist() == [True, False, True]
 
 
-def test_all_positive_six_differences_give_p_two_in_sixty_four():
-    # the exact test's p (2/64), not the normal approximation's (about 0.028)
-    assert S.wilcoxon_p(np.arange(1.0, 7.0)) == pytest.approx(2 / 64)
-
-
-def test_wilcoxon_special_cases():
-    assert S.wilcoxon_p(np.zeros(5)) == 1.0
-    assert S.wilcoxon_p(np.zeros(60)) == 1.0  # scipy's normal approximation gives NaN here
-    assert math.isnan(S.wilcoxon_p(np.array([0.4])))
-    assert math.isnan(S.wilcoxon_p(np.array([])))
-    # zero differences are discarded ("wilcox"): same p as without them
-    assert S.wilcoxon_p(np.array([0.0, 0.0, 1.0, 2.0, -0.5, 3.0])) == pytest.approx(
-        sps.wilcoxon(np.array([1.0, 2.0, -0.5, 3.0])).pvalue
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Bootstrap confidence interval
-# ---------------------------------------------------------------------------------------------
-
-
-def test_bootstrap_ci_covers_the_true_mean_difference():
-    rng = np.random.default_rng(11)
-    shift, covered, reps = 0.5, 0, 200
-    for rep in range(reps):
-        b = rng.normal(0.0, 1.0, 40)
-        a = b + shift + rng.normal(0.0, 1.0, 40)
-        result = S.paired_comparison(a, b, n_boot=1000, seed=rep)
-        covered += result.ci_low <= shift <= result.ci_high
-    assert 0.9 <= covered / reps <= 0.99
-
-
-def test_bootstrap_ci_is_deterministic_for_a_seed_and_varies_with_it():
+def test_the_bootstrap_is_deterministic_for_a_seed_and_varies_with_it():
     rng = np.random.default_rng(5)
     a, b = rng.normal(size=30), rng.normal(size=30)
     first = S.paired_comparison(a, b, n_boot=1000, seed=7)
@@ -87,25 +136,58 @@ def test_bootstrap_ci_is_deterministic_for_a_seed_and_varies_with_it():
     assert first.ci_low < first.mean_diff < first.ci_high
 
 
-def test_bootstrap_ci_shrinks_with_n():
-    rng = np.random.default_rng(2)
-    small = S.bootstrap_mean_ci(rng.normal(size=20), n_boot=1000)
-    large = S.bootstrap_mean_ci(rng.normal(size=500), n_boot=1000)
-    assert large[1] - large[0] < (small[1] - small[0]) / 2
+# ---------------------------------------------------------------------------------------------
+# Coverage by simulation: the level, and the unit of replication
+# ---------------------------------------------------------------------------------------------
 
 
-def test_bootstrap_ci_width_matches_the_normal_theory_interval_for_large_n():
-    # for a large normal sample the 95 % percentile interval is close to mean +- 1.96 s / sqrt(n)
-    values = np.random.default_rng(8).normal(1.0, 2.0, 400)
-    low, high = S.bootstrap_mean_ci(values, n_boot=4000, seed=1)
-    expected_half = 1.959964 * values.std() / math.sqrt(values.size)
-    assert (high - low) / 2 == pytest.approx(expected_half, rel=0.05)
-    assert (low + high) / 2 == pytest.approx(values.mean(), abs=0.1 * expected_half)
+def test_pair_level_interval_covers_at_its_level_with_independent_pairs():
+    rng = np.random.default_rng(0)
+    covered = 0
+    for rep in range(400):
+        b = rng.normal(0.0, 1.0, 40)
+        a = b + 0.5 + rng.normal(0.0, 1.0, 40)
+        r = S.paired_comparison(a, b, n_boot=999, seed=rep)
+        covered += r.ci_low <= 0.5 <= r.ci_high
+    # measured 0.935 at 95 %; a 90 % interval gives 0.87
+    assert 0.92 <= covered / 400 <= 0.975
 
 
-def test_bootstrap_ci_of_a_constant_is_that_constant_and_empty_is_nan():
-    assert S.bootstrap_mean_ci(np.full(9, 0.25), n_boot=200) == pytest.approx((0.25, 0.25))
-    assert all(math.isnan(v) for v in S.bootstrap_mean_ci(np.array([]), n_boot=200))
+def test_shared_subjects_need_subject_resampling():
+    """Pairs of 10 subjects, each subject shifting every pair it is in: redrawing pairs under-covers badly."""
+    rng = np.random.default_rng(0)
+    subjects = [f"s{i}" for i in range(10)]
+    pairs = list(itertools.permutations(subjects, 2))
+    by_subject, by_pair = S.resampling_for(pairs), S.resampling_for(len(pairs))
+    covered = [0, 0]
+    for rep in range(200):
+        effect = dict(zip(subjects, rng.normal(0, 0.02, 10), strict=True))
+        d = np.array([0.01 + effect[f] + effect[m] + rng.normal(0, 0.01) for f, m in pairs])
+        for k, units in enumerate((by_subject, by_pair)):
+            r = S.paired_comparison(d, 0 * d, resampling=units, n_boot=999, seed=rep)
+            covered[k] += r.ci_low <= 0.01 <= r.ci_high
+    # measured (300 runs): 0.88 by subject, 0.34 by pair
+    assert covered[0] / 200 >= 0.83 and covered[1] / 200 <= 0.6
+
+
+def test_a_claim_about_the_method_redraws_seeds():
+    """Training seeds shift every pair: seed-averaged (model-level) intervals under-cover the method's effect."""
+    rng = np.random.default_rng(0)
+    subjects = [f"s{i}" for i in range(8)]
+    pairs = list(itertools.permutations(subjects, 2))
+    zero = {s: _series(np.zeros(len(pairs)), pairs) for s in range(5)}
+    covered = [0, 0]
+    for rep in range(200):
+        effect = dict(zip(subjects, rng.normal(0, 0.01, 8), strict=True))
+        seed_effect = rng.normal(0, 0.02, 5)
+        per_seed = {s: _series([0.01 + seed_effect[s] + effect[f] + effect[m] + rng.normal(0, 0.005)
+                                for f, m in pairs], pairs) for s in range(5)}  # fmt: skip
+        method = S.seed_comparison(per_seed, zero, n_boot=999, seed=rep)
+        models = S.paired_comparison(sum(per_seed.values()) / 5, zero[0], n_boot=999, seed=rep)
+        covered[0] += method.ci_low <= 0.01 <= method.ci_high
+        covered[1] += models.ci_low <= 0.01 <= models.ci_high
+    # measured (300 runs): 0.86 over seeds and subjects, 0.67 over subjects only
+    assert covered[0] / 200 >= 0.8 and covered[1] / 200 <= 0.75
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,6 +225,12 @@ def test_arrays_drop_nan_pairs_and_mixed_inputs_are_refused():
         S.paired_comparison(pd.Series([1.0, 2.0]), np.array([1.0, 2.0]))
     with pytest.raises(ValueError):
         S.paired_comparison(np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0]))
+
+
+def test_too_little_to_resample_gives_no_interval():
+    r = S.paired_comparison(np.array([0.5]), np.array([0.4]), n_boot=100)
+    assert math.isnan(r.ci_low) and math.isnan(r.p_value) and r.direction == 0
+    assert S.describe_difference(r, r.p_value) == "no significant difference"
 
 
 def test_paired_comparison_is_frozen():
@@ -184,9 +272,9 @@ def test_holm_is_monotone_in_the_sorted_order_and_not_below_raw():
 
 
 def test_holm_matches_statsmodels():
-    multitest = pytest.importorskip("statsmodels.stats.multitest", reason="statsmodels is not installed")
     p = np.random.default_rng(9).uniform(0, 0.1, 12)
-    np.testing.assert_allclose(S.holm(p), multitest.multipletests(p, method="holm")[1], rtol=1e-12)
+    np.testing.assert_allclose(S.holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+    np.testing.assert_allclose(S.holm(p), R.holm(list(p)), rtol=1e-12)
 
 
 def test_significant_rule():
@@ -230,19 +318,23 @@ def test_seed_spread():
 # ---------------------------------------------------------------------------------------------
 
 
-def _comparison(mean_diff: float) -> S.PairedComparison:
+def _comparison(mean_diff: float, *, ci: tuple[float, float] | None = None, p: float = 0.01,
+                wins: int = 5, losses: int = 5) -> S.PairedComparison:  # fmt: skip
+    low, high = ci if ci is not None else (mean_diff - 0.01, mean_diff + 0.01)
     return S.PairedComparison(
-        n=10, mean_a=0.5 + mean_diff, mean_b=0.5, mean_diff=mean_diff, ci_low=mean_diff - 0.1, ci_high=mean_diff + 0.1,
-        confidence=0.95, p_value=0.01, wins=5, ties=0, losses=5, dropped_unaligned=0, dropped_nan=0, dropped=0,
+        n=10, n_seeds=1, seeds_resampled=False, mean_a=0.5 + mean_diff, mean_b=0.5, mean_diff=mean_diff,
+        ci_low=low, ci_high=high, confidence=0.95, p_value=p, unit="pair", n_units=10,
+        units_description="10 pairs", n_boot=999, n_boot_used=999, wins=wins, ties=0, losses=losses,
+        dropped_unaligned=0, dropped_nan=0, dropped=0,
     )  # fmt: skip
 
 
 def test_describe_difference_phrases():
     assert S.describe_difference(_comparison(0.03), 0.01, None) == "significantly higher"
     assert S.describe_difference(_comparison(-0.03), 0.01, None) == "significantly lower"
-    assert S.describe_difference(_comparison(0.03), 0.2, None) == "no significant difference"
-    assert S.describe_difference(_comparison(0.03), np.nan) == "no significant difference"
-    assert S.describe_difference(_comparison(0.03), 0.03, alpha=0.01) == "no significant difference"
+    assert S.describe_difference(_comparison(0.03, p=0.2), 0.2, None) == "no significant difference"
+    assert S.describe_difference(_comparison(0.03, p=np.nan), np.nan) == "no significant difference"
+    assert S.describe_difference(_comparison(0.03, p=0.03), 0.03, alpha=0.01) == "no significant difference"
 
 
 def test_describe_difference_verdict_follows_the_metric_direction():
@@ -252,6 +344,22 @@ def test_describe_difference_verdict_follows_the_metric_direction():
     assert S.describe_difference(_comparison(0.5), 0.01, **lower_is_better) == "significantly higher (worse)"
     for phrase in (S.describe_difference(_comparison(d), p) for d in (-1, 0, 1) for p in (0.01, 0.5)):
         assert "beat" not in phrase
+
+
+def test_describe_difference_takes_its_direction_from_the_interval():
+    # the mean, the median or the win count could point the other way; the interval decides
+    odd = _comparison(-0.001, ci=(0.002, 0.02), wins=2, losses=8)
+    assert S.describe_difference(odd, 0.01) == "significantly higher (better)"
+    assert S.describe_difference(_comparison(0.001, ci=(-0.02, -0.002), wins=8, losses=2), 0.01) == (
+        "significantly lower (worse)")  # fmt: skip
+    # an interval holding 0 is never significant, whatever p says
+    assert S.describe_difference(_comparison(0.03, ci=(-0.01, 0.07)), 0.01) == "no significant difference"
+
+
+def test_describe_difference_says_when_only_holm_took_significance_away():
+    r = _comparison(0.03, p=0.02)
+    assert S.describe_difference(r, 0.08) == "no significant difference (p ≤ 0.05 before Holm's correction)"
+    assert S.describe_difference(_comparison(0.03, p=0.2), 0.6) == "no significant difference"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from crd.report.summary import (
     comparison_plan,
     summarise,
 )
+from crd.stats import CONFIDENCE, N_BOOT, TIE_ATOL, TIE_RTOL, PairedComparison
 from crd.tidy import Table, load_history, load_table, sidecar_path
 
 __all__ = ["build_report", "METRIC_DEFINITIONS"]
@@ -110,12 +111,19 @@ METRIC_DEFINITIONS = (
     ),
     (
         "Comparisons",
-        "paired over the common test pairs (seed-averaged values): Δ = mean of A − B with a 95 % "
-        "percentile-bootstrap interval (10,000 resamples of pairs, seeded); p = two-sided paired "
-        "Wilcoxon signed-rank test (exact for small samples without ties); p (Holm) = Holm's "
-        "step-down correction over every comparison and metric of the dataset; a difference is "
-        "called significant when p (Holm) ≤ 0.05. W/T/L = pairs where A is higher / equal / lower. "
-        "Across seeds: mean ± sd of the per-seed mean differences.",
+        "one estimand per comparison: Δ = the mean of A − B over the common test pairs (values equal within "
+        f"float noise, |A − B| ≤ {TIE_ATOL:g} + {TIE_RTOL:g}·|B|, differ by 0). Its {100 * CONFIDENCE:g} % interval "
+        f"and two-sided p-value come from one bootstrap ({N_BOOT:,} seeded resamples; interval: order statistics "
+        f"of the replicates; p = 2·min(1 + #replicates ≤ 0, 1 + #replicates ≥ 0) / {N_BOOT + 1:,}), so "
+        f"p ≤ {1 - CONFIDENCE:.2f} exactly when the interval excludes 0, "
+        "and a verdict's direction is the side of 0 its interval lies on. The bootstrap redraws what is "
+        "independent, chosen from the dataset's pairing: subjects when pairs share images (a pair counts as "
+        "often as both its subjects are drawn), moving images when one atlas is fixed, pairs when no image is "
+        "in two pairs. These models: seed-averaged values, only the test subjects redrawn: a statement about "
+        "the trained models at hand. The method: with 2 or more seeds, seeds and subjects redrawn together "
+        "(seed s of A against seed s of B): a statement about the training method, the headline verdict. "
+        "p (Holm) = Holm's step-down correction over every row of the dataset, per level; significant when "
+        "p (Holm) ≤ 0.05. W/T/L = pairs where A is higher / tied / lower (seed-averaged values).",
     ),
 )
 
@@ -213,9 +221,19 @@ COLUMNS_SHOWN = ["Dice", "DSC30", "HD95 (mm)", "Fold %", "SDlogJ", "Time (s)", "
 # ------------------------------------------------------------------------------------ comparisons
 
 
-def _spread(mean: float, sd: float, n: int, places: int) -> str:
-    """``"+0.012 ± 0.004 over 3 seeds"``: a signed mean ± sd over ``n`` seeds; ``"—"`` below 2."""
-    return f"{fmt_signed(mean, places)} ± {fmt_num(sd, places)} over {n} seeds" if n > 1 else DASH
+def _ci(r: PairedComparison, places: int) -> str:
+    """``"[−0.012, +0.004]"``; ``"—"`` when undefined."""
+    if not (math.isfinite(r.ci_low) and math.isfinite(r.ci_high)):
+        return DASH
+    return f"[{fmt_signed(r.ci_low, places)}, {fmt_signed(r.ci_high, places)}]"
+
+
+def _per_seed(c: ComparisonRow) -> str:
+    """``"+0.024, −0.001, −0.001 (seeds 0, 1, 2)"``; ``"—"`` below 2 seeds."""
+    if len(c.per_seed) < 2:
+        return DASH
+    values = ", ".join(fmt_signed(d, c.places) for _, d in c.per_seed)
+    return f"{values} (seeds {', '.join(str(s) for s, _ in c.per_seed)})"
 
 
 def _caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
@@ -232,8 +250,8 @@ def _short_caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
 
 
 def _comparison_row(c: ComparisonRow, unsettled: dict[str, str]) -> dict[str, Any]:
-    r = c.result
-    seed_mean, seed_sd, n_seeds = c.seed_diff
+    r, m = c.result, c.method_result
+    caveat = _short_caveat(c.a, c.b, unsettled)
     return {
         "a": c.a,
         "b": c.b,
@@ -241,16 +259,33 @@ def _comparison_row(c: ComparisonRow, unsettled: dict[str, str]) -> dict[str, An
         "mean_a": fmt_num(r.mean_a, c.places),
         "mean_b": fmt_num(r.mean_b, c.places),
         "diff": fmt_signed(r.mean_diff, c.places),
-        "ci": f"[{fmt_signed(r.ci_low, c.places)}, {fmt_signed(r.ci_high, c.places)}]",
+        "ci": _ci(r, c.places),
         "p": fmt_p(r.p_value),
         "p_holm": fmt_p(c.p_holm),
+        "verdict": c.verdict + caveat,
+        "method_diff": fmt_signed(m.mean_diff, c.places) if m else DASH,
+        "method_ci": _ci(m, c.places) if m else DASH,
+        "method_p_holm": fmt_p(c.method_p_holm) if m else DASH,
+        "method_verdict": (str(c.method_verdict) + caveat) if m else "one seed: cannot tell",
         "wtl": f"{r.wins}/{r.ties}/{r.losses}",
         "n": r.n,
-        "verdict": c.verdict + _short_caveat(c.a, c.b, unsettled),
+        "per_seed": _per_seed(c),
         "better": c.better,
-        "seeds": _spread(seed_mean, seed_sd, n_seeds, c.places),
+        "by_method": m is not None,
         "named": c.named,
     }
+
+
+def _resampled(rows: list[ComparisonRow]) -> str:
+    """What the dataset's bootstrap redraws, e.g. ``"6 subjects (each in 10 of 30 pairs); 3 seeds"``."""
+    if not rows:
+        return ""
+    units = dict.fromkeys(c.result.units_description for c in rows)
+    seeds = sorted({c.method_result.n_seeds for c in rows if c.method_result is not None})
+    text = "; ".join(units)
+    if seeds:
+        text += " and " + " or ".join(str(n) for n in seeds) + " seeds (as methods)"
+    return text
 
 
 def _p_clause(p: float) -> str:
@@ -259,23 +294,34 @@ def _p_clause(p: float) -> str:
     return text if text.startswith("<") else f"= {text}"
 
 
+def _claim(r: PairedComparison, p_holm: float, verdict: str, places: int) -> str:
+    """``"95 % CI −0.030 to +0.010: no significant difference (Holm-adjusted p = 0.61)"``."""
+    ci = (f"95 % CI {fmt_signed(r.ci_low, places)} to {fmt_signed(r.ci_high, places)}"
+          if math.isfinite(r.ci_low) and math.isfinite(r.ci_high) else "no interval")  # fmt: skip
+    return f"{ci}: {verdict} (Holm-adjusted p {_p_clause(p_holm)})"
+
+
 def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult, unsettled: dict[str, str]) -> str:
-    """One plain sentence on ``a`` vs ``b``: each compared metric with its interval and test,
-    then the cost ratios on the same device, then whether either was still improving when its
-    training ended (``unsettled``, :func:`_unsettled`)."""
+    """One plain sentence on ``a`` vs ``b``: each compared metric with its estimand, interval and
+    test (about the methods when there are seeds to tell, and about these trained models), then the
+    cost ratios on the same device, then whether either was still improving when its training
+    ended (``unsettled``, :func:`_unsettled`)."""
     parts = []
     for c in rows:
-        r = c.result
-        parts.append(
-            f"{c.name} {fmt_num(r.mean_a, c.places)} vs {fmt_num(r.mean_b, c.places)}, "
-            f"Δ {fmt_signed(r.mean_diff, c.places)} (95 % CI {fmt_signed(r.ci_low, c.places)} to "
-            f"{fmt_signed(r.ci_high, c.places)}): {c.verdict} (Holm-adjusted p {_p_clause(c.p_holm)}; "
-            f"{a.method} higher on {r.wins}, equal on {r.ties}, lower on {r.losses} of {r.n} pairs)"
-        )
+        r, m = c.result, c.method_result
+        text = f"{c.name} {fmt_num(r.mean_a, c.places)} vs {fmt_num(r.mean_b, c.places)}"
+        text += f", Δ {fmt_signed(r.mean_diff, c.places)}"
+        if m is not None:
+            seeds = ", ".join(f"{fmt_signed(d, c.places)}" for _, d in c.per_seed)
+            text += (f"; as methods ({m.n_seeds} seeds, per seed {seeds}): "
+                     f"{_claim(m, c.method_p_holm, str(c.method_verdict), c.places)}; as these trained models "
+                     f"(seed-averaged): {_claim(r, c.p_holm, c.verdict, c.places)}")  # fmt: skip
+        else:
+            text += (f"; these trained models (one seed: nothing said about the methods): "
+                     f"{_claim(r, c.p_holm, c.verdict, c.places)}")  # fmt: skip
+        text += f"; {a.method} higher on {r.wins}, tied on {r.ties}, lower on {r.losses} of {r.n} pairs"
+        parts.append(text)
     text = f"{a.method} vs {b.method}: " + "; ".join(parts) + "."
-    seeds = rows[0].seed_diff if rows else (math.nan, math.nan, 0)
-    if seeds[2] > 1:
-        text += f" Per-seed {rows[0].name} difference: {_spread(*seeds, rows[0].places)}."
     extras = []
     if a.device == b.device:
         ta, tb = a.stat("time_s"), b.stat("time_s")
@@ -473,8 +519,9 @@ def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | 
     notes = [f"{r.method}: {n}" for r in results for n in r.notes]
     if all(len(r.seeds) == 1 for r in results):
         notes.append(
-            "one training seed: the tests below are over test pairs and cannot show how much a difference "
-            "between trained methods depends on the training run; train several seeds (seeds: [0, 1, 2]) to see it."
+            "one training seed: the verdicts below are about these trained models (only the test subjects "
+            "vary); whether the training methods differ cannot be told from one training run each. Train several "
+            "seeds (seeds: [0, 1, 2]) for verdicts about the methods."
         )
     sidecars = [t.sidecar for r in results for t in r.tables]
     elsewhere = sorted({f"{r.method} on {t.sidecar['trained_on']}" for r in results for t in r.tables
@@ -519,6 +566,7 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
         "baseline": baseline if base is not None else None,
         "sentences": sentences,
         "comparisons": [_comparison_row(c, unsettled) for c in rows],
+        "resampled": _resampled(rows),
         "training": _training_rows(runs),
         "unsettled": unsettled,
         "notes": _dataset_notes(name, results, base),

@@ -8,8 +8,10 @@ Reads only :class:`crd.tidy.Table` objects (the tidy evaluation tables); the sta
 - The spread across seeds is the standard deviation of the per-seed means over pairs.
 - DSC30 is computed per seed (Learn2Reg's 30th percentile of the per-pair Dice) and averaged over
   seeds.
-- Comparisons: Dice and HD95, paired over the common test pairs; Holm's correction runs over every
-  (comparison, metric) shown for the dataset.
+- Comparisons: Dice and HD95, paired over the common test pairs, each twice: as trained models
+  (seed-averaged values; only the test subjects vary) and, with 2 or more seeds, as training methods
+  (seeds and subjects redrawn together: the headline claim). Holm's correction runs over every
+  (comparison, metric) of the dataset, per level. See :mod:`crd.stats`.
 """
 
 from __future__ import annotations
@@ -186,7 +188,14 @@ def _pairs_of(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 @dataclass(frozen=True)
 class ComparisonRow:
-    """``a`` against ``b`` on one metric: the paired comparison and its Holm-adjusted p-value."""
+    """``a`` against ``b`` on one metric, twice: as trained models and as training methods.
+
+    ``result``: the trained models (seed-averaged values per pair; the bootstrap redraws test
+    subjects only), ``p_holm`` its Holm-adjusted p over every model-level row of the dataset.
+    ``method_result``: the training methods (seeds and subjects redrawn together; ``None`` with
+    fewer than 2 seeds both have), ``method_p_holm`` its Holm-adjusted p over every method-level
+    row. ``per_seed``: the mean difference per seed both have (seed, difference).
+    """
 
     a: str
     b: str
@@ -196,7 +205,9 @@ class ComparisonRow:
     places: int
     result: stats.PairedComparison
     p_holm: float
-    seed_diff: tuple[float, float, int]  # mean, sd and number of the per-seed mean differences
+    method_result: stats.PairedComparison | None
+    method_p_holm: float
+    per_seed: tuple[tuple[int, float], ...]
 
     @property
     def named(self) -> bool:
@@ -204,16 +215,33 @@ class ComparisonRow:
 
     @property
     def verdict(self) -> str:
-        """'significantly higher / lower (better / worse)' or 'no significant difference' (Holm-adjusted
-        p against alpha 0.05)."""
+        """About these trained models: 'significantly higher / lower (better / worse)' or 'no
+        significant difference' (Holm-adjusted p against alpha 0.05, direction from the interval)."""
         return stats.describe_difference(self.result, self.p_holm, metric_higher_is_better=self.higher_is_better)
 
     @property
-    def better(self) -> bool | None:
-        """Whether ``a`` is significantly better than ``b`` (None: no significant difference)."""
-        if not bool(stats.significant(np.array([self.p_holm]))[0]) or not self.result.mean_diff:
+    def method_verdict(self) -> str | None:
+        """About the training methods (seeds and subjects); ``None`` below 2 seeds."""
+        if self.method_result is None:
             return None
-        return (self.result.mean_diff > 0) == self.higher_is_better
+        return stats.describe_difference(self.method_result, self.method_p_holm,
+                                         metric_higher_is_better=self.higher_is_better)  # fmt: skip
+
+    @property
+    def headline(self) -> tuple[stats.PairedComparison, float, str]:
+        """The claim the report leads with: about the method when seeds allow, else about these models."""
+        if self.method_result is not None:
+            return self.method_result, self.method_p_holm, str(self.method_verdict)
+        return self.result, self.p_holm, self.verdict
+
+    @property
+    def better(self) -> bool | None:
+        """Whether ``a`` is significantly better than ``b`` in the headline claim (None: no
+        significant difference)."""
+        result, p_holm, _ = self.headline
+        if not bool(stats.significant(p_holm)) or result.direction == 0:
+            return None
+        return (result.direction > 0) == self.higher_is_better
 
 
 def comparison_plan(methods: list[str], baseline: str) -> list[tuple[str, str]]:
@@ -226,20 +254,21 @@ def comparison_plan(methods: list[str], baseline: str) -> list[tuple[str, str]]:
     return plan
 
 
-def _seed_difference(a: MethodResult, b: MethodResult, metric: str) -> tuple[float, float, int]:
-    """Spread over the seeds both methods have of the difference of their mean ``metric``."""
-    diffs = []
-    for ta in a.tables:
-        tb = next((t for t in b.tables if t.seed == ta.seed), None)
-        if tb is None and len(b.tables) == 1 and b.method in REFERENCES:
-            tb = b.tables[0]
-        if tb is None:
-            continue
-        va, vb = (_pair_metric(t.frame, metric) for t in (ta, tb))
-        common = va.index.intersection(vb.index)
-        if len(common):
-            diffs.append(float((va[common] - vb[common]).mean()))
-    return stats.seed_spread(np.array(diffs, dtype=float))
+def _per_seed(result: MethodResult, metric: str) -> dict[int, pd.Series]:
+    """Seed -> that seed's value of ``metric`` per test pair (index ``(fixed, moving)``)."""
+    return {t.seed: _pair_metric(t.frame, metric) for t in result.tables}
+
+
+def _matched_seeds(a: MethodResult, b: MethodResult, metric: str) -> tuple[dict[int, pd.Series], dict[int, pd.Series]]:
+    """Per-seed values of both methods on the seeds both have; a reference (identity) with one
+    table stands beside every seed of the other method."""
+    va, vb = _per_seed(a, metric), _per_seed(b, metric)
+    if len(vb) == 1 and b.method in REFERENCES:
+        vb = dict.fromkeys(va, next(iter(vb.values())))
+    if len(va) == 1 and a.method in REFERENCES:
+        va = dict.fromkeys(vb, next(iter(va.values())))
+    common = sorted(set(va) & set(vb))
+    return {s: va[s] for s in common}, {s: vb[s] for s in common}
 
 
 def _pair_metric(frame: pd.DataFrame, metric: str) -> pd.Series:
@@ -248,17 +277,30 @@ def _pair_metric(frame: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def compare(results: dict[str, MethodResult], plan: list[tuple[str, str]], *, seed: int = 0) -> list[ComparisonRow]:
-    """Paired comparisons of ``plan`` on :data:`COMPARED_METRICS`, Holm-adjusted together."""
+    """Paired comparisons of ``plan`` on :data:`COMPARED_METRICS`, as models and as methods; Holm's
+    correction runs over the model-level rows and, separately, over the method-level rows."""
     raw = []
     for a, b in plan:
         for metric, name, higher, places in COMPARED_METRICS:
             va, vb = results[a].values(metric), results[b].values(metric)
             if va.empty or vb.empty:
                 continue
-            result = stats.paired_comparison(va, vb, seed=seed)
-            raw.append((a, b, metric, name, higher, places, result, _seed_difference(results[a], results[b], metric)))
-    adjusted = stats.holm(np.array([r[6].p_value for r in raw], dtype=float)) if raw else []
+            models = stats.paired_comparison(va, vb, seed=seed)
+            sa, sb = _matched_seeds(results[a], results[b], metric)
+            method = stats.seed_comparison(sa, sb, seed=seed)
+            per_seed = tuple((s, _mean_difference(sa[s], sb[s])) for s in sa)
+            raw.append((a, b, metric, name, higher, places, models, method, per_seed))
+    p_models = stats.holm(np.array([r[6].p_value for r in raw], dtype=float)) if raw else []
+    method_p = np.array([r[7].p_value if r[7] is not None else np.nan for r in raw], dtype=float)
+    p_methods = stats.holm(method_p) if raw else []
     return [
-        ComparisonRow(a, b, metric, name, higher, places, result, float(p), seed_diff)
-        for (a, b, metric, name, higher, places, result, seed_diff), p in zip(raw, adjusted, strict=True)
-    ]
+        ComparisonRow(a, b, metric, name, higher, places, models, float(p), method, float(pm), per_seed)
+        for (a, b, metric, name, higher, places, models, method, per_seed), p, pm in zip(
+            raw, p_models, p_methods, strict=True)
+    ]  # fmt: skip
+
+
+def _mean_difference(a: pd.Series, b: pd.Series) -> float:
+    """Mean over the pairs both have (neither NaN) of ``a - b``, tied values differing by 0."""
+    x, y, _, _ = stats.align_pairs(a, b)
+    return float(stats.paired_differences(x, y).mean()) if x.size else float("nan")
