@@ -170,8 +170,10 @@ def test_the_headline_sentence_is_about_the_methods_when_there_are_seeds(tmp_pat
         "no significant difference (p ≤ 0.05 before Holm's correction) (Holm-adjusted p = 0.054); as these trained " \
         "models (seed-averaged): 95 % CI +0.01 to +0.08: significantly higher (worse) (Holm-adjusted p = 0.035)" \
         in sentence, sentence
-    # the verdict cell coloured is the methods' one
+    # the verdict cell coloured is the methods' one (here not significant), not these models'
     assert re.search(r'<td class="verdict same">significantly higher \(worse\)</td>', html)
+    assert re.search(r'<td class="verdict same">no significant difference \(p ≤ 0.05 before Holm', html)
+    assert re.search(r'<td class="verdict worse">significantly lower \(worse\)</td>', html)  # crd vs hr Dice
 
 
 def test_one_seed_verdicts_are_about_these_models(tmp_path):
