@@ -229,11 +229,10 @@ def _ci(r: PairedComparison, places: int) -> str:
 
 
 def _per_seed(c: ComparisonRow) -> str:
-    """``"+0.024, −0.001, −0.001 (seeds 0, 1, 2)"``; ``"—"`` below 2 seeds."""
+    """``"+0.024, −0.001, −0.001"`` (in the order of the seeds); ``"—"`` below 2 seeds."""
     if len(c.per_seed) < 2:
         return DASH
-    values = ", ".join(fmt_signed(d, c.places) for _, d in c.per_seed)
-    return f"{values} (seeds {', '.join(str(s) for s, _ in c.per_seed)})"
+    return ", ".join(fmt_signed(d, c.places) for _, d in c.per_seed)
 
 
 def _caveat(a: str, b: str, unsettled: dict[str, str]) -> str:
