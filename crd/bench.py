@@ -409,6 +409,10 @@ def _benchable_specs(methods_dir: Path, methods: list[str]) -> dict[str, MethodS
     for name in methods:
         if specs[name].model is None:
             raise ValueError(f"method {name!r} brings its own rules and no model config: it cannot be benched")
+        teacher = specs[name].oracle_of
+        if teacher is not None:
+            raise ValueError(f"method {name!r} is an oracle: it has no latency of its own (it runs {teacher}, "
+                             f"then restricts its field); bench {teacher!r}")  # fmt: skip
     return specs
 
 

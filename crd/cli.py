@@ -201,6 +201,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         register_pair=register_pair,
         method_file=spec.path if spec is not None else None,
+        oracle_of=spec.oracle_of if spec is not None else None,
     )
 
 
@@ -234,6 +235,8 @@ def _route(spec: Any) -> str:
     """How a method plugs in: a crd-bench network, its own network (build_model), or its own rules."""
     if spec.rule_file is not None:
         return "own rule file"
+    if spec.is_oracle:
+        return "oracle"
     return "own network" if spec.builder is not None else "crd-bench model"
 
 

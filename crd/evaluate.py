@@ -41,6 +41,7 @@ from crd.metrics import score_pair
 from crd.models.checkpoint import load_model
 from crd.models.functional import warp
 from crd.models.inference import infer
+from crd.models.oracle import GridOracle
 from crd.models.registration import build_model
 from crd.profiling import count_parameters, device_description, measure
 from crd.runtime import configure_threads, select_device, setup_logging
@@ -63,6 +64,7 @@ class ScoredMethod:
     register: Register
     params: int | None
     config: dict[str, Any]
+    oracle_of: str | None = None  # an oracle: the method whose network it uses at test time
 
 
 def evaluate(
@@ -80,6 +82,7 @@ def evaluate(
     progress: bool = True,
     register_pair: Callable[..., Any] | None = None,
     method_file: Path | None = None,
+    oracle_of: str | None = None,
 ) -> Path:
     """Evaluate ``method`` on the ``split`` pairs of the dataset at ``data``; write ``out`` (CSV).
 
@@ -94,6 +97,12 @@ def evaluate(
     Images are fed as stored (scaled to [0, 1] by preprocessing). ``seed``: the
     training seed recorded in the table; by default the checkpoint's (0 without one); a given seed
     that contradicts the checkpoint's is an error.
+
+    An oracle (``model_config`` of kind ``"x2-oracle"``, :mod:`crd.models.oracle`) takes the
+    ``checkpoint`` of the trained method it restricts (``oracle_of``, checked against the
+    checkpoint when given); its fields are scored like any other, but no time or memory is recorded:
+    it is a ceiling, not a method, and costs what its teacher costs. The sidecar names it
+    (``oracle_of``).
     """
     out = Path(out)
     example_path = _check_outputs(data, out, checkpoint, log_file)
@@ -107,8 +116,10 @@ def evaluate(
         seed = 0 if seed is None else int(seed)
         scored, trained_on = _external_method(register_pair, dataset, seed, n_threads, method_file), None
     else:
-        model, seed, trained_on = _load_scored_model(checkpoint, model_config, method, seed, dev)
+        model, seed, trained_on, payload = _load_scored_model(checkpoint, model_config, method, seed, dev)
         scored = _network_method(model)
+        if getattr(model, "kind", None) == GridOracle.kind:
+            scored = _as_oracle(scored, checkpoint, payload, oracle_of)
     pairs = _pairs_to_score(dataset, split)
     log.info(
         "evaluating %s on %d %s pairs of %s (device %s, %d threads)",
@@ -124,8 +135,9 @@ def evaluate(
     if scored.params is not None:
         rows.append({"fixed": None, "moving": None, "metric": "params", "label": None, "value": scored.params})
     pair_rows, example_image = _score_pairs(
-        scored.register, dataset, pairs, dev, desc=f"evaluate {method}", progress=progress
-    )
+        scored.register, dataset, pairs, dev, desc=f"evaluate {method}", progress=progress,
+        timed=scored.oracle_of is None,
+    )  # fmt: skip
     rows.extend(pair_rows)
 
     seed = 0 if seed is None else int(seed)
@@ -136,6 +148,21 @@ def evaluate(
     _write_together(out, example_path, table, sidecar, example_image, dataset=dataset, fixed_id=pairs[0][0])
     _log_summary(method, table, out)
     return out
+
+
+#: what :func:`_score_pair` measures of the registration call itself (not recorded for an oracle)
+COST_METRICS = ("time_s", "peak_rss_mb", "cuda_alloc_peak_mb", "nvml_peak_mb")
+
+
+def _as_oracle(scored: ScoredMethod, checkpoint: Path | None, payload: dict[str, Any],
+               oracle_of: str | None) -> ScoredMethod:  # fmt: skip
+    """``scored`` marked as the oracle of the checkpoint's method; ``CheckpointError`` when the
+    checkpoint was trained for another method than ``oracle_of``."""
+    trained_for = payload.get("method")
+    if oracle_of is not None and trained_for is not None and trained_for != oracle_of:
+        raise CheckpointError(f"{checkpoint}: holds method {trained_for!r}, but this oracle restricts {oracle_of!r}: "
+                              f"give the checkpoint of {oracle_of!r}")  # fmt: skip
+    return ScoredMethod(scored.register, None, scored.config, oracle_of or trained_for or "?")
 
 
 def _check_outputs(data: Path, out: Path, checkpoint: Path | None, log_file: Path | None) -> Path:
@@ -157,24 +184,36 @@ def _load_scored_model(
     method: str,
     seed: int | None,
     device: torch.device,
-) -> tuple[nn.Module, int | None, str | None]:
+) -> tuple[nn.Module, int | None, str | None, dict[str, Any]]:
     """The model to score, on ``device``: from ``checkpoint`` (its architecture checked against
     ``model_config`` when given, :func:`_check_architecture`), else built from ``model_config``.
 
-    Returns ``(model, seed, trained_on)``: the training seed to record (the given ``seed``, else the
-    checkpoint's; ``None`` when neither is known; a given seed that contradicts the checkpoint's is
-    an error) and the name of the dataset the checkpoint was trained on (``None`` without one)."""
+    Returns ``(model, seed, trained_on, payload)``: the training seed to record (the given ``seed``,
+    else the checkpoint's; ``None`` when neither is known; a given seed that contradicts the
+    checkpoint's is an error), the name of the dataset the checkpoint was trained on (``None``
+    without one) and the checkpoint's payload (``{}`` without one). For an oracle's config (kind
+    ``"x2-oracle"``) the checkpoint's network is wrapped in :class:`crd.models.oracle.GridOracle`."""
+    is_oracle = model_config is not None and model_config.get("kind") == GridOracle.kind
+    if is_oracle and checkpoint is None:
+        raise ValueError(f"method {method!r} is an oracle: give the checkpoint of the trained method it restricts")
     if checkpoint is not None:
         model, payload = load_model(Path(checkpoint), device)
-        _check_architecture(Path(checkpoint), model, payload, method, model_config)
+        if is_oracle:
+            options = {k: v for k, v in model_config.items() if k != "kind"}
+            try:
+                model = GridOracle(model, **options).to(device).eval()
+            except TypeError as exc:
+                raise ValueError(f"bad arguments for an oracle {options} ({exc})") from None
+        else:
+            _check_architecture(Path(checkpoint), model, payload, method, model_config)
         training = payload.get("training") or {}
         trained_on = training.get("dataset")
         trained_seed = (training.get("settings") or {}).get("seed")
         if seed is not None and trained_seed is not None and int(trained_seed) != seed:
             raise ValueError(f"{checkpoint}: trained with seed {trained_seed}, but seed {seed} was given")
-        return model, seed if seed is not None else trained_seed, trained_on
+        return model, seed if seed is not None else trained_seed, trained_on, payload
     if model_config is not None:
-        return build_model(model_config).to(device).eval(), seed, None
+        return build_model(model_config).to(device).eval(), seed, None, {}
     raise ValueError("evaluate needs a checkpoint or a model config")
 
 
@@ -245,8 +284,10 @@ def _score_pairs(
     *,
     desc: str,
     progress: bool,
+    timed: bool = True,
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Register and score every ``(fixed, moving)`` pair, after one untimed warm-up on the first.
+    """Register and score every ``(fixed, moving)`` pair, after one untimed warm-up on the first
+    (``timed=False``: no time or memory rows, for an oracle).
 
     Returns ``(rows, example_image)``: the rows of every pair (:func:`_score_pair`), in order, and
     the first pair's warped moving image, a ``(D, H, W)`` float32 array."""
@@ -256,6 +297,8 @@ def _score_pairs(
     register(*_load_pair(dataset, *pairs[0], device))  # warm-up, untimed
     for i, (fixed_id, moving_id) in enumerate(tqdm(pairs, desc=desc, disable=not progress, mininterval=2.0)):
         pair_rows, registered = _score_pair(register, dataset, fixed_id, moving_id, labels, device)
+        if not timed:
+            pair_rows = [r for r in pair_rows if r["metric"] not in COST_METRICS]
         rows.extend(pair_rows)
         if i == 0:
             example_image = registered[1][0, 0].float().cpu().numpy().copy()
@@ -346,6 +389,7 @@ def _sidecar(
         "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
         "model": scored.config,
         "params": scored.params,
+        "oracle_of": scored.oracle_of,
         **device_description(device),
         "example": example,
     }
@@ -378,17 +422,11 @@ def _write_together(
 
 
 def _log_summary(method: str, table: pd.DataFrame, out: Path) -> None:
-    """Log the mean pair-level Dice and the median time (s) of ``table``."""
+    """Log the mean pair-level Dice and the median time (s) of ``table`` (an oracle has none)."""
     dice = table[(table.metric == "dice") & table.label.isna()]["value"]
     times = table[table.metric == "time_s"]["value"]
-    log.info(
-        "%s: mean Dice %.4f over %d pairs, median time %.3f s; wrote %s",
-        method,
-        dice.mean(),
-        len(dice),
-        times.median(),
-        out,
-    )
+    timing = f"median time {times.median():.3f} s" if len(times) else "no time of its own (an oracle)"
+    log.info("%s: mean Dice %.4f over %d pairs, %s; wrote %s", method, dice.mean(), len(dice), timing, out)
 
 
 def _check_architecture(

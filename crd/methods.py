@@ -9,6 +9,12 @@ description) and these names (only ``MODEL`` is required)::
     INIT = None                                # method whose trained weights initialise it
     TEACHER = None                             # frozen teacher method ("distill" only)
     TRAIN = {}                                 # overrides of config.yaml's train settings
+    ORACLE_OF = None                           # an oracle (MODEL kind "x2-oracle"): the trained
+                                               # method whose field it restricts, same seed
+
+An oracle is no method: it has no training and uses another method's trained network at test time
+(``crd.models.oracle``: the x2 ceiling, e.g. ``baselines/x2-oracle@fst.py``). It is evaluated with
+that method's checkpoint, reported as a ceiling and never benched.
 
 A method can bring its own network: a ``MODEL`` whose ``kind`` is not one of crd-bench's and a
 function ``build_model(config) -> torch.nn.Module`` in the same file (import torch inside it, so
@@ -64,11 +70,24 @@ class MethodSpec:
     rule_file: Path | None = None
     builder: Callable[[dict[str, Any]], Any] | None = None
     register_pair: Callable[..., Any] | None = None
+    oracle_of: str | None = None
 
     @property
     def needs(self) -> list[str]:
-        """Methods whose trained checkpoints this one needs (init first, then teacher)."""
-        return [m for m in (self.init, self.teacher) if m]
+        """Methods whose trained checkpoints this one needs (init first, then teacher, then the
+        method an oracle restricts)."""
+        return [m for m in (self.init, self.teacher, self.oracle_of) if m]
+
+    @property
+    def is_oracle(self) -> bool:
+        """True for an oracle (``ORACLE_OF``): a ceiling evaluated with another method's network."""
+        return self.oracle_of is not None
+
+    @property
+    def evaluated_with(self) -> str | None:
+        """The method whose trained checkpoint ``crd evaluate`` is given: its own, an oracle's
+        ``ORACLE_OF``, or ``None`` (no checkpoint)."""
+        return self.name if self.has_checkpoint else self.oracle_of
 
     @property
     def has_checkpoint(self) -> bool:
@@ -112,10 +131,33 @@ def load_method(path: Path) -> MethodSpec:
     if builder is not None and model is None:
         raise MethodError(f"{path}: build_model needs a MODEL dict (its config, with a 'kind')")
     register_pair = _register_pair(path, ns, model, training)
+    oracle_of = _oracle_of(path, ns, model, training, rule_file)
     description = (ns.get("__doc__") or "").strip()
     return MethodSpec(
-        name, path, description, model, training, init, teacher, dict(train), rule_file, builder, register_pair
+        name, path, description, model, training, init, teacher, dict(train), rule_file, builder, register_pair,
+        oracle_of,
     )
+
+
+#: the model kind of an oracle (crd.models.oracle.GridOracle.kind)
+ORACLE_KIND = "x2-oracle"
+
+
+def _oracle_of(path: Path, ns: dict[str, Any], model: dict[str, Any] | None, training: str | None,
+               rule_file: Path | None) -> str | None:  # fmt: skip
+    """The file's ``ORACLE_OF`` (None without one), checked against its other entries."""
+    oracle_of = ns.get("ORACLE_OF")
+    kind = (model or {}).get("kind")
+    if oracle_of is None:
+        if kind == ORACLE_KIND:
+            raise MethodError(f"{path}: MODEL kind {ORACLE_KIND!r} needs ORACLE_OF, the trained method it restricts")
+        return None
+    if not isinstance(oracle_of, str) or not oracle_of:
+        raise MethodError(f"{path}: ORACLE_OF must be a method name, got {oracle_of!r}")
+    if kind != ORACLE_KIND or training is not None or rule_file is not None:
+        raise MethodError(f"{path}: ORACLE_OF is for an oracle: MODEL = {{'kind': {ORACLE_KIND!r}, ...}}, "
+                          "TRAINING = None, no rule file")  # fmt: skip
+    return oracle_of
 
 
 def _register_pair(path: Path, ns: dict[str, Any], model: dict[str, Any] | None, training: str | None):

@@ -45,6 +45,8 @@ __all__ = [
     "align_pairs",
     "paired_comparison",
     "seed_comparison",
+    "GapFraction",
+    "gap_fraction",
     "holm",
     "significant",
     "dsc30",
@@ -457,6 +459,101 @@ def seed_comparison(
     return _comparison(a_cells[:, keep], b_cells[:, keep], units, resample_seeds=True, n_boot=n_boot,
                        confidence=confidence, seed=seed, dropped_unaligned=in_one, dropped_nan=nan_cells,
                        n_pairs=int(keep.sum()))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GapFraction:
+    """How much of the gap from a floor (``lr``) to a ceiling (an oracle) a method recovers.
+
+    ``fraction = mean(student - floor) / mean(ceiling - floor)`` over the cells all three have
+    (tied values differ by 0); its interval is the percentile interval of the same ratio over
+    bootstrap replicates that redraw the same units (and seeds) for numerator and denominator.
+    The ratio is only defined when the ceiling is clearly above the floor: ``defined`` is False
+    (fraction and interval NaN) unless the gap's interval lies above 0.
+
+    Attributes: ``fraction, ci_low, ci_high``; the gap ``gap = mean(ceiling - floor)`` with
+    ``gap_ci_low, gap_ci_high, gap_p`` (as :class:`PairedComparison`); ``n`` pairs, ``n_seeds``,
+    ``seeds_resampled``, ``units_description``, ``confidence``, ``defined``.
+    """
+
+    fraction: float
+    ci_low: float
+    ci_high: float
+    gap: float
+    gap_ci_low: float
+    gap_ci_high: float
+    gap_p: float
+    n: int
+    n_seeds: int
+    seeds_resampled: bool
+    units_description: str
+    confidence: float
+    defined: bool
+
+
+def gap_fraction(
+    student: Mapping[int, pd.Series],
+    floor: Mapping[int, pd.Series],
+    ceiling: Mapping[int, pd.Series],
+    *,
+    resample_seeds: bool,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> GapFraction | None:
+    """The fraction of the ``floor`` -> ``ceiling`` gap that ``student`` recovers (:class:`GapFraction`).
+
+    Inputs: per seed, Series of per-pair values indexed by ``(fixed, moving)``; the seeds all three
+    have are used. ``resample_seeds``: redraw seeds with the subjects (a claim about the methods;
+    needs 2 or more seeds, else ``None``); without it pass one "seed" of seed-averaged values (a
+    claim about these trained models). ``None`` when no seed or pair is common to all three.
+    """
+    seeds = sorted(set(student) & set(floor) & set(ceiling))
+    if not seeds or (resample_seeds and len(seeds) < 2):
+        return None
+    index = student[seeds[0]].index
+    for s in seeds:
+        index = index.intersection(floor[s].index, sort=False).intersection(ceiling[s].index, sort=False)
+    if not len(index):
+        return None
+
+    def cells(values: Mapping[int, pd.Series]) -> np.ndarray:
+        return np.stack([values[s].reindex(index).to_numpy(dtype=float) for s in seeds])
+
+    a, lo, hi = cells(student), cells(floor), cells(ceiling)
+    missing = np.isnan(a) | np.isnan(lo) | np.isnan(hi)
+    num = np.where(missing, np.nan, paired_differences(a, lo))
+    den = np.where(missing, np.nan, paired_differences(hi, lo))
+    keep = ~missing.all(axis=0)
+    num, den = num[:, keep], den[:, keep]
+    units = _resampling_of([x for x, k in zip(index, keep, strict=True) if k], positional=False)
+    if units.n_units < 2:
+        return None
+    kwargs = {"resample_seeds": resample_seeds, "n_boot": n_boot, "seed": seed}
+    num_r = bootstrap_replicates(num, units, **kwargs)
+    den_r = bootstrap_replicates(den, units, **kwargs)  # the same draws: same seed, shapes and units
+    gap = float(np.nanmean(den))
+    gap_low, gap_high = percentile_interval(den_r, confidence)
+    defined = bool(gap_low > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = num_r / den_r
+    ratio[~np.isfinite(ratio)] = np.nan  # a replicate whose gap is exactly 0 has no ratio
+    ratio_low, ratio_high = percentile_interval(ratio, confidence) if defined else (math.nan, math.nan)
+    return GapFraction(
+        fraction=float(np.nanmean(num)) / gap if defined else math.nan,
+        ci_low=ratio_low,
+        ci_high=ratio_high,
+        gap=gap,
+        gap_ci_low=gap_low,
+        gap_ci_high=gap_high,
+        gap_p=bootstrap_p(den_r),
+        n=int(keep.sum()),
+        n_seeds=len(seeds),
+        seeds_resampled=resample_seeds,
+        units_description=units.describe(),
+        confidence=confidence,
+        defined=defined,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

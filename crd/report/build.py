@@ -32,14 +32,17 @@ from crd.report import plots
 from crd.report.format import DASH, fmt_mean_sd, fmt_num, fmt_p, fmt_params, fmt_ratio, fmt_signed
 from crd.report.summary import (
     COMPARED_METRICS,
+    FLOOR,
+    CeilingRow,
     ComparisonRow,
     MethodResult,
     Stat,
+    ceilings,
     compare,
     comparison_plan,
     summarise,
 )
-from crd.stats import CONFIDENCE, N_BOOT, TIE_ATOL, TIE_RTOL, PairedComparison
+from crd.stats import CONFIDENCE, N_BOOT, TIE_ATOL, TIE_RTOL, GapFraction, PairedComparison
 from crd.tidy import Table, load_history, load_table, sidecar_path
 
 __all__ = ["build_report", "METRIC_DEFINITIONS"]
@@ -110,6 +113,16 @@ METRIC_DEFINITIONS = (
         "that was still improving says so in its verdict.",
     ),
     (
+        "x2 ceiling",
+        "an oracle, not a method (x2-oracle@fst, x2-oracle@hr): the trained teacher's field, same seed, "
+        "restricted to what an x2 student can output (least-squares projection onto the fields that the "
+        "student's trilinear x2 upsampling of a coarse field gives) and scored like every method. It uses "
+        "the teacher at test time: no time or memory of its own, never ranked or compared as a method. "
+        "Recovered = (student − lr) / (ceiling − lr) in mean Dice, with its 95 % percentile interval from "
+        "the same bootstrap as the comparisons (numerator and denominator redrawn together); defined only "
+        "when the ceiling is significantly above lr.",
+    ),
+    (
         "Comparisons",
         "one estimand per comparison: Δ = the mean of A − B over the common test pairs (values equal within "
         f"float noise, |A − B| ≤ {TIE_ATOL:g} + {TIE_RTOL:g}·|B|, differ by 0). Its {100 * CONFIDENCE:g} % interval "
@@ -155,13 +168,15 @@ def _cell(r: MethodResult, base: MethodResult | None, metric: str, places: int |
 
 
 def _rows(results: list[MethodResult], base: MethodResult | None) -> list[dict[str, Any]]:
-    means = [round(r.stat("dice").mean, DICE_DECIMALS) for r in results if r.stat("dice") and r.stat("dice").n]
+    means = [round(r.stat("dice").mean, DICE_DECIMALS) for r in results
+             if r.stat("dice") and r.stat("dice").n and not r.oracle_of]  # fmt: skip
     best = max(means) if means else None
     rows = []
     for r in results:
         dice = _cell(r, base, "dice", DICE_DECIMALS)
         d = r.stat("dice")
-        dice["bold"] = best is not None and d is not None and d.n > 0 and round(d.mean, DICE_DECIMALS) == best
+        dice["bold"] = (best is not None and d is not None and d.n > 0 and not r.oracle_of
+                        and round(d.mean, DICE_DECIMALS) == best)  # fmt: skip
         mean, sd, n = r.seed_spread()
         dice["sub"] = f"seeds: {fmt_mean_sd(mean, sd, n, DICE_DECIMALS)} ({n})" if n > 1 else "1 seed"
         dsc30 = {"text": fmt_num(r.dsc30, DICE_DECIMALS)}
@@ -195,6 +210,7 @@ def _rows(results: list[MethodResult], base: MethodResult | None) -> list[dict[s
         rows.append(
             {
                 "method": r.method,
+                "oracle": f"oracle, not a method: {r.oracle_of}'s field on the x2 grid" if r.oracle_of else None,
                 "device": r.device,
                 "n_pairs": len(r.pair),
                 "is_baseline": base is not None and r is base,
@@ -275,6 +291,49 @@ def _comparison_row(c: ComparisonRow, unsettled: dict[str, str]) -> dict[str, An
     }
 
 
+def _percent(x: float) -> str:
+    """``"+42 %"`` / ``"−7 %"`` of a fraction; ``"—"`` when undefined."""
+    return DASH if not math.isfinite(x) else ("+" if x >= 0 else "−") + f"{abs(100 * x):.0f} %"
+
+
+def _fraction_text(g: GapFraction | None) -> str:
+    """``"+42 % [−10 %, +90 %]"``, or why there is no fraction."""
+    if g is None:
+        return DASH
+    if not g.defined:
+        return "— (ceiling not above lr)"
+    return f"{_percent(g.fraction)} [{_percent(g.ci_low)}, {_percent(g.ci_high)}]"
+
+
+def _ceiling_row(c: CeilingRow) -> dict[str, Any]:
+    head = c.headline
+    gap = head if head is not None else None
+    return {
+        "student": c.student,
+        "oracle": c.oracle,
+        "teacher": c.teacher,
+        "student_dice": fmt_num(c.student_dice, DICE_DECIMALS),
+        "floor_dice": fmt_num(c.floor_dice, DICE_DECIMALS),
+        "ceiling_dice": fmt_num(c.ceiling_dice, DICE_DECIMALS),
+        "gap": (f"{fmt_signed(gap.gap, DICE_DECIMALS)} [{fmt_signed(gap.gap_ci_low, DICE_DECIMALS)}, "
+                f"{fmt_signed(gap.gap_ci_high, DICE_DECIMALS)}]") if gap else DASH,  # fmt: skip
+        "methods": _fraction_text(c.methods) if c.methods is not None else "one seed: cannot tell",
+        "models": _fraction_text(c.models),
+    }
+
+
+def _recovered_sentence(c: CeilingRow) -> str:
+    """``"Of the lr → x2-oracle@fst gap (0.445 → 0.517), crd recovers −20 % [−60 %, +15 %] as methods ..."``."""
+    text = (f"Of the {FLOOR} → {c.oracle} gap in Dice ({fmt_num(c.floor_dice, DICE_DECIMALS)} → "
+            f"{fmt_num(c.ceiling_dice, DICE_DECIMALS)}; {c.oracle} is {c.teacher}'s field restricted to the x2 grid, "
+            f"an oracle), {c.student} recovers ")  # fmt: skip
+    if c.methods is not None:
+        text += f"{_fraction_text(c.methods)} as methods, {_fraction_text(c.models)} as these trained models."
+    else:
+        text += f"{_fraction_text(c.models)} (these trained models; one seed)."
+    return text
+
+
 def _resampled(rows: list[ComparisonRow]) -> str:
     """What the dataset's bootstrap redraws, e.g. ``"6 subjects (each in 10 of 30 pairs); 3 seeds"``."""
     if not rows:
@@ -300,9 +359,11 @@ def _claim(r: PairedComparison, p_holm: float, verdict: str, places: int) -> str
     return f"{ci}: {verdict} (Holm-adjusted p {_p_clause(p_holm)})"
 
 
-def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult, unsettled: dict[str, str]) -> str:
+def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult, unsettled: dict[str, str],
+              ceiling_rows: list[CeilingRow] | None = None) -> str:  # fmt: skip
     """One plain sentence on ``a`` vs ``b``: each compared metric with its estimand, interval and
-    test (about the methods when there are seeds to tell, and about these trained models), then the
+    test (about the methods when there are seeds to tell, and about these trained models), what
+    ``a`` recovers of the gap to each x2 ceiling (``ceiling_rows``, when ``b`` is lr), then the
     cost ratios on the same device, then whether either was still improving when its training
     ended (``unsettled``, :func:`_unsettled`)."""
     parts = []
@@ -321,6 +382,8 @@ def _sentence(rows: list[ComparisonRow], a: MethodResult, b: MethodResult, unset
         text += f"; {a.method} higher on {r.wins}, tied on {r.ties}, lower on {r.losses} of {r.n} pairs"
         parts.append(text)
     text = f"{a.method} vs {b.method}: " + "; ".join(parts) + "."
+    for c in ceiling_rows or []:
+        text += " " + _recovered_sentence(c)
     extras = []
     if a.device == b.device:
         ta, tb = a.stat("time_s"), b.stat("time_s")
@@ -516,6 +579,12 @@ def _load_tables(tables: list[Path]) -> dict[str, dict[str, list[Table]]]:
 
 def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | None) -> list[str]:
     notes = [f"{r.method}: {n}" for r in results for n in r.notes]
+    oracles = [r for r in results if r.oracle_of]
+    if oracles:
+        notes.append(", ".join(f"{r.method} ({r.oracle_of})" for r in oracles) + ": oracles, not methods: each "
+                     "is a trained network's field restricted to the x2 grid, a ceiling for the x2 students. They "
+                     "use that network at test time, so they have no time or memory of their own and are not "
+                     "compared or ranked as methods.")  # fmt: skip
     if all(len(r.seeds) == 1 for r in results):
         notes.append(
             "one training seed: the verdicts below are about these trained models (only the test subjects "
@@ -544,12 +613,15 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
     results = [summarise(ts) for ts in by_method.values()]
     by_name = {r.method: r for r in results}
     base = by_name.get(baseline)
-    plan = comparison_plan(list(by_name), baseline)
+    oracles = tuple(r.method for r in results if r.oracle_of)
+    plan = comparison_plan(list(by_name), baseline, oracles)
     rows = compare(by_name, plan)
+    ceiling_rows = ceilings(by_name)
     runs = convergence_table(history) if history is not None else []
     unsettled = _unsettled(runs)
     sentences = [
-        _sentence([c for c in rows if (c.a, c.b) == (a, b)], by_name[a], by_name[b], unsettled)
+        _sentence([c for c in rows if (c.a, c.b) == (a, b)], by_name[a], by_name[b], unsettled,
+                  [c for c in ceiling_rows if c.student == a and b == FLOOR])
         for a, b in plan
         if any(c.named for c in rows if (c.a, c.b) == (a, b))
     ]
@@ -566,6 +638,8 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
         "sentences": sentences,
         "comparisons": [_comparison_row(c, unsettled) for c in rows],
         "resampled": _resampled(rows),
+        "ceilings": [_ceiling_row(c) for c in ceiling_rows],
+        "oracles": list(oracles),
         "training": _training_rows(runs),
         "unsettled": unsettled,
         "notes": _dataset_notes(name, results, base),
@@ -587,7 +661,8 @@ def _summary_across(sections: list[dict[str, Any]]) -> dict[str, Any] | None:
     if len(sections) < 2:
         return None
     rows = [{"dataset": s["name"], "method": r.method, "metric": metric, "value": r.stat(metric).mean}
-            for s in sections for r in s["results"] for metric, *_ in COMPARED_METRICS if r.stat(metric)]  # fmt: skip
+            for s in sections for r in s["results"] for metric, *_ in COMPARED_METRICS
+            if r.stat(metric) and not r.oracle_of]  # fmt: skip
     frame = pd.DataFrame(rows)
     common = set.intersection(*(set(frame.loc[frame.dataset == s["name"], "method"]) for s in sections))
     frame = frame[frame["method"].isin(common)]
@@ -605,7 +680,8 @@ def _summary_across(sections: list[dict[str, Any]]) -> dict[str, Any] | None:
             }
             for m in ranks.index
         ],  # fmt: skip
-        "left_out": sorted(set().union(*(set(r.method for r in s["results"]) for s in sections)) - common),
+        "left_out": sorted(set().union(*(set(r.method for r in s["results"] if not r.oracle_of)
+                                         for s in sections)) - common),  # fmt: skip
     }
 
 
@@ -661,5 +737,6 @@ def build_report(
         version=crd.__version__,
         columns=COLUMNS_SHOWN,
         bench=_bench_section(bench) if bench is not None else None,
+        oracles=sorted({m for s in sections for m in s["oracles"]}),
     )
     return write_text_atomic(Path(out), html)

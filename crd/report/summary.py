@@ -25,6 +25,8 @@ from crd import stats
 from crd.tidy import Table, sidecar_path
 
 __all__ = [
+    "CeilingRow",
+    "ceilings",
     "Stat",
     "MethodResult",
     "ComparisonRow",
@@ -92,6 +94,13 @@ class MethodResult:
     missing_total: float | None
     vanished_total: float | None
     notes: list[str] = field(default_factory=list)
+    oracle_of: str | None = None  # an oracle (a ceiling, not a method): the method whose network it uses
+    model: dict | None = None  # the model config its sidecar records
+
+    @property
+    def is_x2_student(self) -> bool:
+        """A network that predicts its field on the x2 coarser grid (kind lowres, factor 2)."""
+        return bool(self.model) and self.model.get("kind") == "lowres" and self.model.get("factor") == 2
 
     @property
     def seeds(self) -> list[int]:
@@ -177,6 +186,8 @@ def summarise(tables: list[Table]) -> MethodResult:
         missing_total=per_seed_total("labels_missing"),
         vanished_total=per_seed_total("labels_vanished"),
         notes=notes,
+        oracle_of=first.sidecar.get("oracle_of") or None,
+        model=first.sidecar.get("model") if isinstance(first.sidecar.get("model"), dict) else None,
     )
 
 
@@ -244,14 +255,65 @@ class ComparisonRow:
         return (result.direction > 0) == self.higher_is_better
 
 
-def comparison_plan(methods: list[str], baseline: str) -> list[tuple[str, str]]:
+def comparison_plan(methods: list[str], baseline: str, oracles: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """The (a, b) pairs compared for a dataset: the named ones present, then every other method
-    (references such as identity excepted) against ``baseline``; no pair twice."""
-    present = set(methods)
+    (references such as identity and ``oracles`` excepted: neither is a method) against
+    ``baseline``; no pair twice."""
+    present = set(methods) - set(oracles)
     plan = [(a, b) for a, b in NAMED_COMPARISONS if a in present and b in present]
     if baseline in present:
-        plan += [(m, baseline) for m in methods if m != baseline and m not in REFERENCES and (m, baseline) not in plan]
+        plan += [(m, baseline) for m in methods
+                 if m in present and m != baseline and m not in REFERENCES and (m, baseline) not in plan]  # fmt: skip
     return plan
+
+
+#: the x2 students' floor: the naive low-resolution model
+FLOOR = "lr"
+
+
+@dataclass(frozen=True)
+class CeilingRow:
+    """What an x2 student recovers of the gap from ``lr`` to an oracle's ceiling, on Dice.
+
+    ``models``: on seed-averaged values (these trained models); ``methods``: seeds and subjects
+    redrawn together (``None`` below 2 common seeds). Both :class:`crd.stats.GapFraction`.
+    """
+
+    student: str
+    oracle: str
+    teacher: str
+    student_dice: float
+    floor_dice: float
+    ceiling_dice: float
+    models: stats.GapFraction | None
+    methods: stats.GapFraction | None
+
+    @property
+    def headline(self) -> stats.GapFraction | None:
+        return self.methods if self.methods is not None else self.models
+
+
+def ceilings(results: dict[str, MethodResult], *, seed: int = 0) -> list[CeilingRow]:
+    """For each x2 student other than ``lr`` and each oracle present: the share of the ``lr`` ->
+    oracle gap in Dice that the student recovers (empty without ``lr`` or an oracle)."""
+    floor = results.get(FLOOR)
+    if floor is None:
+        return []
+    oracles = [r for r in results.values() if r.oracle_of]
+    students = [r for r in results.values() if r.is_x2_student and r.method != FLOOR and not r.oracle_of]
+    rows = []
+    for oracle in oracles:
+        for student in students:
+            dice = [r.stat("dice") for r in (student, floor, oracle)]
+            if any(d is None or not d.n for d in dice):
+                continue
+            averaged = {0: student.values("dice")}, {0: floor.values("dice")}, {0: oracle.values("dice")}
+            models = stats.gap_fraction(*averaged, resample_seeds=False, seed=seed)
+            per_seed = [_per_seed(r, "dice") for r in (student, floor, oracle)]
+            methods = stats.gap_fraction(*per_seed, resample_seeds=True, seed=seed)
+            rows.append(CeilingRow(student.method, oracle.method, str(oracle.oracle_of), *(d.mean for d in dice),
+                                   models, methods))  # fmt: skip
+    return rows
 
 
 def _per_seed(result: MethodResult, metric: str) -> dict[int, pd.Series]:

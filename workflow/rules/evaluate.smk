@@ -6,8 +6,11 @@
 rule evaluate:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
+        # its own trained checkpoint; an oracle's, that of the method it restricts (same seed)
         checkpoint=lambda wc: (
-            model_path(trained_on(wc.dataset), wc.method, wc.seed) if METHODS[wc.method].has_checkpoint else []
+            model_path(trained_on(wc.dataset), METHODS[wc.method].evaluated_with, wc.seed)
+            if METHODS[wc.method].evaluated_with
+            else []
         ),
     output:
         table=eval_path("{dataset}", "{method}", "{seed}", "csv"),

@@ -1,0 +1,6 @@
+"""x2-oracle@fst: the x2 ceiling (an oracle, not a method): the trained fst's field restricted to
+what an x2 student can output (least squares onto its upsampled coarse fields); uses fst at test time."""
+
+MODEL = {"kind": "x2-oracle", "factor": 2, "restriction": "lsq"}
+TRAINING = None
+ORACLE_OF = "fst"
