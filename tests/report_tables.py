@@ -188,3 +188,30 @@ def make_designed_tables(root: Path, *, seeds: tuple[int, ...] = (0, 1, 2), gene
         set_pair_values(csv, "hd95_mm", {p: hd95[p] + hd95_shift - 3 * seed_effect + rng.normal(0, 0.08)
                                          for p in ALL_ORDERED})  # fmt: skip
     return tables
+
+
+def add_oracle(tables: list[Path], *, name: str = "x2-oracle@hr", of: str = "hr", shift: float = -0.01) -> list[Path]:
+    """Mark lr and crd as x2 students (their sidecars' model) and add an oracle of ``of``: its tables
+    are ``of``'s with pair-level Dice shifted by ``shift``, no time or memory, sidecar ``oracle_of``.
+    Returns ``tables`` plus the oracle's."""
+    out = list(tables)
+    for csv in tables:
+        method = csv.stem.split("__")[1]
+        side = json.loads(csv.with_suffix(".json").read_text())
+        if method in ("lr", "crd"):
+            side["model"] = {"kind": "lowres", "width": 1.0, "factor": 2}
+            csv.with_suffix(".json").write_text(json.dumps(side))
+        if method != of:
+            continue
+        frame = pd.read_csv(csv)
+        frame = frame[~frame["metric"].isin(["time_s", "peak_rss_mb", "params"])].copy()
+        frame["method"] = name
+        top = (frame["metric"] == "dice") & frame["label"].isna()
+        frame.loc[top, "value"] += shift
+        target = csv.with_name(csv.name.replace(f"__{of}__", f"__{name}__"))
+        frame.to_csv(target, index=False)
+        side.update(method=name, oracle_of=of, params=None,
+                    model={"kind": "x2-oracle", "factor": 2, "restriction": "lsq", "teacher": {"kind": "fullres"}})
+        target.with_suffix(".json").write_text(json.dumps(side))
+        out.append(target)
+    return out

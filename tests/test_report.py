@@ -369,3 +369,38 @@ def test_a_method_still_improving_is_flagged_in_every_verdict_it_takes_part_in(t
     sentence = next(s for s in re.findall(r"<li>(crd vs hr:[^<]*)</li>", html))
     assert "Not a comparison at the plateau: " + flag in htmllib.unescape(sentence)
     assert "Not a comparison at the plateau" not in htmllib.unescape(re.findall(r"<li>(crd vs lr:[^<]*)</li>", html)[0])
+
+
+def test_the_x2_ceiling_is_reported_as_an_oracle_with_what_the_students_recover(tmp_path):
+    from report_tables import add_oracle
+
+    tables = add_oracle(make_designed_tables(tmp_path))
+    html = build_report(tables, tmp_path / "r.html").read_text()
+    text = _text(html)
+    # in the results table, marked, without time or memory, never the best
+    row = re.search(r'<td class="method">x2-oracle@hr<.*?</tr>', html, re.S).group(0)
+    assert "oracle, not a method: hr's field on the x2 grid" in _text(row)
+    assert "<strong>" not in row
+    # not compared, not ranked, said why
+    assert all("x2-oracle" not in r[0] for r in _stats_rows(html, "ds"))
+    assert "x2-oracle@hr (hr): oracles, not methods" in text
+    # the ceiling table: recovered = (crd - lr) / (oracle - lr), its interval from the reference bootstrap
+    section = html[html.index("The x2 ceiling: what the x2 students recover"):]
+    cells = [_text(c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", section[: section.index("</table>")], re.S)]
+    assert cells[:2] == ["crd", "x2-oracle@hr (hr)"]
+    crd, lr, oracle = (_per_seed_values(tables, m, "dice") for m in ("crd", "lr", "x2-oracle@hr"))
+    pairs = list(crd[0].index)
+    averaged = [sum(v[s][pairs] for s in v) / len(v) for v in (crd, lr, oracle)]
+    num = [[R.difference(a, b) for a, b in zip(averaged[0], averaged[1], strict=True)]]
+    den = [[R.difference(a, b) for a, b in zip(averaged[2], averaged[1], strict=True)]]
+    num_r = R.replicates(num, pairs, resample_seeds=False, n_boot=9_999)
+    den_r = R.replicates(den, pairs, resample_seeds=False, n_boot=9_999)
+    low, high = R.interval([x / y for x, y in zip(num_r, den_r, strict=True)])
+
+    def pct(x):
+        return ("+" if x >= 0 else "−") + f"{abs(100 * x):.0f} %"
+
+    assert cells[7] == f"{pct(np.mean(num) / np.mean(den))} [{pct(low)}, {pct(high)}]"  # as these models
+    assert cells[6].endswith("]") and "%" in cells[6]  # as methods (three seeds)
+    sentence = _text(re.search(r"<li>(crd vs lr: Dice [^<]*)</li>", html).group(1))
+    assert "Of the lr → x2-oracle@hr gap in Dice" in sentence and "crd recovers" in sentence

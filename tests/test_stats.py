@@ -397,3 +397,49 @@ def test_rank_methods_refuses_incomplete_or_duplicate_tables():
         S.rank_methods(pd.concat([table, table.iloc[:1]]), {"dice": True})
     with pytest.raises(KeyError):
         S.rank_methods(table.iloc[:2], {"tre": False})
+
+
+# ---------------------------------------------------------------------------------------------
+# The share of the floor -> ceiling gap a student recovers
+# ---------------------------------------------------------------------------------------------
+
+
+def _gap_design(student_share: float, gap: float = 0.08, seeds=(0, 1, 2), seed: int = 3):
+    rng = np.random.default_rng(seed)
+    effect = dict(zip(SUBJECTS, rng.normal(0, 0.02, 6), strict=True))
+    base = np.array([0.5 + effect[f] + effect[m] for f, m in ALL_ORDERED])
+    floor = {s: _series(base + rng.normal(0, 0.01, 30), ALL_ORDERED) for s in seeds}
+    ceiling = {s: _series(base + gap + rng.normal(0, 0.01, 30), ALL_ORDERED) for s in seeds}
+    student = {s: _series(base + student_share * gap + rng.normal(0, 0.01, 30), ALL_ORDERED) for s in seeds}
+    return student, floor, ceiling
+
+
+@pytest.mark.parametrize("resample_seeds", [True, False])
+def test_gap_fraction_equals_the_independent_reference(resample_seeds):
+    student, floor, ceiling = _gap_design(0.4)
+    if not resample_seeds:  # these models: one "seed" of seed-averaged values
+        student, floor, ceiling = ({0: sum(v.values()) / 3} for v in (student, floor, ceiling))
+    g = S.gap_fraction(student, floor, ceiling, resample_seeds=resample_seeds, n_boot=1_999, seed=5)
+    seeds = sorted(student)
+    num = [[R.difference(a, b) for a, b in zip(student[s], floor[s], strict=True)] for s in seeds]
+    den = [[R.difference(a, b) for a, b in zip(ceiling[s], floor[s], strict=True)] for s in seeds]
+    kwargs = {"resample_seeds": resample_seeds, "n_boot": 1_999, "seed": 5}
+    num_r, den_r = R.replicates(num, ALL_ORDERED, **kwargs), R.replicates(den, ALL_ORDERED, **kwargs)
+    assert g.defined and g.n == 30 and g.n_seeds == len(seeds) and g.seeds_resampled == resample_seeds
+    assert g.fraction == pytest.approx(np.mean(num) / np.mean(den), abs=1e-12)
+    assert (g.ci_low, g.ci_high) == pytest.approx(R.interval([x / y for x, y in zip(num_r, den_r, strict=True)]),
+                                                  abs=1e-12)  # fmt: skip
+    assert (g.gap_ci_low, g.gap_ci_high) == pytest.approx(R.interval(den_r), abs=1e-15)
+    assert 0.2 < g.fraction < 0.6 and g.ci_low < g.fraction < g.ci_high
+
+
+def test_gap_fraction_at_the_floor_the_ceiling_and_without_a_gap():
+    student, floor, ceiling = _gap_design(0.4)
+    assert S.gap_fraction(floor, floor, ceiling, resample_seeds=True).fraction == 0.0
+    assert S.gap_fraction(ceiling, floor, ceiling, resample_seeds=True).fraction == pytest.approx(1.0)
+    no_gap = S.gap_fraction(student, floor, floor, resample_seeds=True)  # the ceiling is the floor
+    assert not no_gap.defined and math.isnan(no_gap.fraction) and math.isnan(no_gap.ci_low)
+    assert no_gap.gap == 0.0 and no_gap.gap_p == 1.0
+    one_seed = {0: student[0]}, {0: floor[0]}, {0: ceiling[0]}
+    assert S.gap_fraction(*one_seed, resample_seeds=True) is None  # a claim about methods needs seeds
+    assert S.gap_fraction(*one_seed, resample_seeds=False).defined

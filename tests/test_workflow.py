@@ -69,7 +69,7 @@ def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
     out = run_snakemake(tmp_path, REPO / "config.yaml", "-n", "-p")
     assert out.returncode == 0, out.stderr
     text = out.stdout + out.stderr
-    counts = (("generate_synth", 1), ("train", 6), ("evaluate", 7), ("ants_syn_evaluate", 1), ("bench", 1),
+    counts = (("generate_synth", 1), ("train", 6), ("evaluate", 9), ("ants_syn_evaluate", 1), ("bench", 1),
               ("report", 1))  # fmt: skip
     for rule, count in counts:
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-2000:])
@@ -77,6 +77,14 @@ def test_default_config_dry_run_builds_the_whole_dag(tmp_path):
     # the longest chain of trainings (hr -> fst -> crd, with lr) is started first
     priorities = dict(re.findall(r"method=([\w-]+)\n    priority: (\d+)", text))
     assert priorities == {"hr": "3", "fst": "2", "lr": "2", "crd": "1", "hr-half": "1", "fourier-net": "1"}, text
+    # the oracles: evaluated with the checkpoint of the network they restrict, never trained or benched
+    commands = re.findall(r"^Shell command: (.*)$", text, flags=re.M)
+    for oracle, teacher in (("x2-oracle@fst", "fst"), ("x2-oracle@hr", "hr")):
+        (command,) = [c for c in commands if "crd evaluate" in c and f"eval/{oracle}.csv" in c]
+        assert f"--checkpoint results/synth/seed0/models/{teacher}.pt" in command, command
+        assert f"--method-file {REPO}/baselines/{oracle}.py" in command or f"baselines/{oracle}.py" in command
+    (bench,) = [c for c in commands if "crd bench" in c]
+    assert "x2-oracle" not in bench and "fst" in bench
 
 
 def lints(text: str) -> list[str]:
@@ -345,7 +353,7 @@ def test_test_only_set_is_scored_with_the_models_of_train_on(tmp_path):
 
 @pytest.mark.parametrize(
     ("layer", "expected"),
-    [("config/outside.yaml", {"train": 8, "evaluate": 9}), ("config/full.yaml", {"train": 30, "evaluate": 33})],
+    [("config/outside.yaml", {"train": 8, "evaluate": 9}), ("config/full.yaml", {"train": 30, "evaluate": 39})],
 )
 def test_layered_configs_dry_run(tmp_path, layer, expected):
     """The documented layers on config.yaml build their DAG (fourier-net, a network its method file

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from crd.models.backbone import Backbone
 from crd.models.functional import check_flow, upsample_flow
 
-__all__ = ["GridOracle", "RESTRICTIONS", "grid_projection", "restrict_flow"]
+__all__ = ["GridOracle", "RESTRICTIONS", "coarse_field", "grid_projection", "restrict_flow"]
 
 RESTRICTIONS = ("lsq", "mean")
 
@@ -45,12 +45,18 @@ def _backbone_multiple() -> int:
 
 
 @lru_cache(maxsize=32)
-def _projection64(n: int, factor: int) -> torch.Tensor:
-    """The ``(n, n)`` float64 least-squares projection onto the 1-D upsampled coarse signals."""
+def _upsampling64(n: int, factor: int) -> torch.Tensor:
+    """``U``: the ``(n, n // factor)`` float64 matrix of 1-D linear x``factor`` upsampling
+    (``align_corners=False``, as ``F.interpolate`` does it): column ``j`` is coarse sample ``j``'s
+    contribution to the ``n`` fine samples."""
     m = n // factor
     basis = torch.eye(m, dtype=torch.float64).unsqueeze(1)  # (m, 1, m): each coarse unit vector
-    up = F.interpolate(basis, size=n, mode="linear", align_corners=False)[:, 0, :].T  # (n, m): U
-    return up @ torch.linalg.pinv(up)
+    return F.interpolate(basis, size=n, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+
+
+@lru_cache(maxsize=32)
+def _pinv64(n: int, factor: int) -> torch.Tensor:
+    return torch.linalg.pinv(_upsampling64(n, factor))
 
 
 def grid_projection(n: int, factor: int) -> torch.Tensor:
@@ -59,28 +65,34 @@ def grid_projection(n: int, factor: int) -> torch.Tensor:
     coarse samples can give. ``n`` must be a multiple of ``factor``."""
     if factor < 1 or n % factor:
         raise ValueError(f"grid_projection: {n} samples are not a multiple of the factor {factor}")
-    return _projection64(int(n), int(factor)).clone()
+    return _upsampling64(int(n), int(factor)) @ _pinv64(int(n), int(factor))
 
 
-def restrict_flow(flow: torch.Tensor, factor: int = 2, restriction: str = "lsq") -> torch.Tensor:
-    """``flow`` ``(B, 3, D, H, W)`` (fine voxels) restricted to the x``factor`` coarser grid and
-    brought back to ``(D, H, W)`` as the low-resolution student brings its field back (see the
-    module docstring for ``restriction``). Sides must be multiples of ``factor``. Same dtype and
-    device as ``flow``."""
+def coarse_field(flow: torch.Tensor, factor: int = 2, restriction: str = "lsq") -> torch.Tensor:
+    """The coarse field ``(B, 3, D / factor, H / factor, W / factor)``, in coarse voxels, that stands
+    for ``flow`` ``(B, 3, D, H, W)`` (fine voxels) on the x``factor`` grid: the block means
+    (``"mean"``) or the least-squares coarse field, ``pinv(U)`` along each axis (``"lsq"``), both
+    divided by ``factor``. Sides must be multiples of ``factor``; same dtype and device as ``flow``."""
     check_flow(flow)
     if restriction not in RESTRICTIONS:
         raise ValueError(f"restriction must be one of {RESTRICTIONS}, got {restriction!r}")
     shape = tuple(int(s) for s in flow.shape[2:])
-    if any(s % factor for s in shape):
+    if factor < 1 or any(s % factor for s in shape):
         raise ValueError(f"a field of sides {shape} cannot be restricted to a grid coarser by {factor}")
     if restriction == "mean":
-        coarse = F.avg_pool3d(flow, kernel_size=factor) / factor  # in coarse voxels
-        return upsample_flow(coarse, shape, align_corners=False)
+        return F.avg_pool3d(flow, kernel_size=factor) / factor
     out = flow.to(torch.float64)
     for axis, n in enumerate(shape):
-        p = _projection64(n, factor).to(out.device)
-        out = torch.movedim(torch.tensordot(out, p.T, dims=([2 + axis], [0])), -1, 2 + axis)
-    return out.to(flow.dtype)
+        pinv = _pinv64(n, int(factor)).to(out.device)  # (n // factor, n)
+        out = torch.movedim(torch.tensordot(out, pinv, dims=([2 + axis], [1])), -1, 2 + axis)
+    return (out / factor).to(flow.dtype)
+
+
+def restrict_flow(flow: torch.Tensor, factor: int = 2, restriction: str = "lsq") -> torch.Tensor:
+    """``flow`` ``(B, 3, D, H, W)`` restricted to the x``factor`` coarser grid (:func:`coarse_field`)
+    and brought back to ``(D, H, W)`` exactly as the low-resolution student brings its field back
+    (:func:`crd.models.functional.upsample_flow`, ``align_corners=False``)."""
+    return upsample_flow(coarse_field(flow, factor, restriction), flow.shape[2:], align_corners=False)
 
 
 class GridOracle(nn.Module):
