@@ -25,7 +25,14 @@ def test_every_plugin_honours_the_contract(path):
     spec = load_method(path)
     assert spec.name == path.stem
     assert spec.description.startswith(f"{spec.name}:"), "docstring starts with 'name: what it is'"
-    if spec.model is not None:
+    if spec.is_oracle:  # built around its teacher's network, from that network's checkpoint
+        from crd.models.oracle import GridOracle
+
+        teacher = build_model(load_method(path.parent / f"{spec.oracle_of}.py").model)
+        options = {k: v for k, v in spec.model.items() if k != "kind"}
+        x = torch.rand(1, 1, 32, 32, 32)
+        assert GridOracle(teacher, **options)(x, x).shape == (1, 3, 32, 32, 32)
+    elif spec.model is not None:
         model = build_model(spec.model)
         x = torch.rand(1, 1, 32, 32, 32)
         assert model(x, x).shape == (1, 3, 32, 32, 32)
@@ -94,7 +101,8 @@ def test_unknown_and_cyclic_dependencies_are_refused(tmp_path):
         load_methods(tmp_path, ["c"])
 
 
-MODEL_PLUGINS = [p for p in PLUGINS if load_method(p).model is not None]
+# an oracle is built around its teacher's network, never from its config (tests/test_oracle.py)
+MODEL_PLUGINS = [p for p in PLUGINS if load_method(p).model is not None and not load_method(p).is_oracle]
 
 
 @pytest.mark.parametrize("path", MODEL_PLUGINS, ids=[p.stem for p in MODEL_PLUGINS])

@@ -94,6 +94,18 @@ def test_grid_oracle_restricts_its_teachers_field():
         assert torch.allclose(oracle(fixed, moving), restrict_flow(teacher(fixed, moving)), atol=1e-6)
 
 
+def test_grid_oracle_follows_the_model_contract_through_the_one_inference():
+    from crd.models.contract import RegistrationModel
+    from crd.models.inference import infer
+
+    oracle = GridOracle(with_visible_field(FullResolutionNet(width=0.25))).eval()
+    assert isinstance(oracle, RegistrationModel)
+    odd = (1, 1, 37, 29, 33)  # padded to the oracle's multiple (32) and cropped back
+    with torch.no_grad():
+        result = infer(oracle, torch.rand(odd), torch.rand(odd))
+    assert result.flow.shape == (1, 3, 37, 29, 33) and torch.isfinite(result.flow).all()
+
+
 # ------------------------------------------------------------------------------ method files
 
 
