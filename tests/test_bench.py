@@ -140,6 +140,11 @@ def test_report_efficiency_section(tmp_path):
     html = build_report(tables, tmp_path / "r.html", bench=bench).read_text()
     assert "Efficiency" in html and "64x64x64, fp32 (cpu)" in html
     assert "0.15×" in html and "0.12×" in html  # crd's time and memory ratios to hr
+    assert "Not benched" not in html
+    from report_tables import add_oracle
+
+    with_oracle = build_report(add_oracle(tables), tmp_path / "r3.html", bench=bench).read_text()
+    assert "Not benched: x2-oracle@hr: oracles have no latency of their own" in with_oracle
     with pytest.raises(ValueError, match="bench table"):
         build_report(tables, tmp_path / "r2.html", bench=tmp_path / "missing.csv")
 
