@@ -20,10 +20,12 @@ Output: a tidy long CSV with columns ``size, method, options, device, metric, va
 run) and a JSON sidecar (device description, settings, weights used, wall time).
 
 Metrics: ``latency_median_s``, ``latency_iqr_s``, ``latency_min_s``, ``latency_max_s``,
-``peak_rss_mb`` (above the RSS before the timed calls; after the warm-up, memory glibc keeps is
-released with ``malloc_trim``), ``base_rss_mb`` (that RSS before the timed calls: interpreter,
-torch, weights, inputs), ``process_peak_rss_mb`` (absolute RSS high-water mark during the timed
-calls, comparable to ``ru_maxrss``), ``cuda_alloc_peak_mb``,
+``peak_rss_mb`` (on the CPU the working set of one call: its largest RSS rise over ``repeats``
+calls measured one by one in a second, fresh process where glibc gives every block of 64 KiB or
+more pages of its own, so that no freed memory hides it: :mod:`crd.working_set`; absent where that
+cannot be measured exactly; on CUDA the RSS rise over the timed calls), ``base_rss_mb`` (the RSS
+before the timed calls: interpreter, torch, weights, inputs), ``process_peak_rss_mb`` (absolute
+RSS high-water mark during the timed calls, comparable to ``ru_maxrss``), ``cuda_alloc_peak_mb``,
 ``nvml_peak_mb`` (CUDA; NVML counts the CUDA context too), ``params``, ``case_wall_s``, and with
 ``train_step``: ``train_step_s`` (median), ``train_peak_rss_mb`` / ``train_cuda_alloc_peak_mb``.
 On CUDA: for ``cuda-graphs`` ``cuda_alloc_peak_mb`` is the allocator peak during the capture and
@@ -37,6 +39,7 @@ of memory has only ``out_of_memory`` = 1 (and ``case_wall_s``); one that failed 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
@@ -249,6 +252,28 @@ def _inference_metrics(
     return metrics
 
 
+def _working_set_metrics(fn: Callable[[], Any], case: dict[str, Any]) -> dict[str, float]:
+    """In a process started with :data:`crd.profiling.WORKING_SET_ENV`: ``warmup`` (at least one)
+    untimed calls, then the largest RSS rise of ``repeats`` calls, each measured on its own
+    (``peak_rss_mb``, the working set; :mod:`crd.working_set`). Empty where it cannot be measured
+    exactly (:func:`crd.profiling.working_set_support`)."""
+    import torch
+
+    from crd.profiling import measure, working_set_support
+
+    if not working_set_support()[0]:
+        return {}
+    peaks = []
+    with torch.inference_mode():
+        for _ in range(max(1, int(case["warmup"]))):
+            fn()
+        for _ in range(int(case["repeats"])):
+            with measure(torch.device("cpu")) as m:
+                fn()
+            peaks.append(m.peak_rss_mb)
+    return {"peak_rss_mb": max(peaks)}
+
+
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """Measure one (method, size, option) case in this process; returns ``{metrics, weights}``.
     On CUDA the whole case runs with ``case["device"]`` as the current device (``cuda:N``: its
@@ -303,6 +328,8 @@ def _run_case_on(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
     if option == "channels-last":
         model, fixed, moving = _to_channels_last(model, fixed, moving)
     fn, known = _inference_call(model, fixed, moving, option, device)
+    if case.get("working_set"):
+        return {"metrics": _working_set_metrics(fn, case), "weights": weights}
     metrics: dict[str, Any] = {"params": float(count_parameters(model))}
     metrics.update(_inference_metrics(fn, device, case["warmup"], case["repeats"]))
     metrics.update(known)  # cuda-graphs: the capture's memory replaces the replays' allocator peak
@@ -335,7 +362,7 @@ def _says_out_of_memory(text: str) -> bool:
     return "out of memory" in text or "can't allocate memory" in text
 
 
-def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
+def _run_case_subprocess(case: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``case`` in ``python -m crd.bench``; on CUDA, sample the device's used memory (NVML)
     from here while the child runs, so that ``nvml_device_delta_peak_mb`` = its peak above the
     level before the child started: the child's whole footprint (CUDA context, cache, peak) when
@@ -354,8 +381,9 @@ def _run_case_subprocess(case: dict[str, Any]) -> dict[str, Any]:
             sampler.start()
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "crd.bench", json.dumps(case)], capture_output=True, text=True, env=os.environ.copy()
-        )
+            [sys.executable, "-m", "crd.bench", json.dumps(case)], capture_output=True, text=True,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
     finally:
         peak = sampler.stop() if sampler is not None else None
     for line in reversed(proc.stdout.splitlines()):
@@ -495,7 +523,23 @@ def _measure(case: dict[str, Any], in_subprocess: bool, dev: torch.device, keep_
             torch.cuda.empty_cache()
     metrics = dict(result["metrics"])
     metrics["case_wall_s"] = time.perf_counter() - t0
+    if status == "ok" and dev.type == "cpu":
+        metrics.pop("peak_rss_mb", None)  # the timed calls' RSS rise: not the working set
+        metrics.update(_working_set(case))
     return {"metrics": metrics, "weights": result["weights"], "status": status, "process": result.get("process")}
+
+
+def _working_set(case: dict[str, Any]) -> dict[str, float]:
+    """``peak_rss_mb`` of a CPU case: its working set, from the same call in a fresh process started
+    with :data:`crd.profiling.WORKING_SET_ENV` (see :mod:`crd.working_set`); empty where it cannot
+    be measured exactly."""
+    from crd.profiling import WORKING_SET_ENV
+
+    try:
+        return dict(_run_case_subprocess({**case, "working_set": True}, env=WORKING_SET_ENV)["metrics"])
+    except Exception as exc:  # the latency stands; the memory figure is left out, and why is logged
+        logging.getLogger("crd").warning("bench %s: no working-set figure: %s", case["method"], exc)
+        return {}
 
 
 def _rows(case: dict[str, Any], device_type: str, metrics: dict[str, Any]) -> list[dict[str, Any]]:

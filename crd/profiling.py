@@ -46,6 +46,9 @@ __all__ = [
     "InferenceProfile",
     "profile_inference",
     "count_parameters",
+    "release_freed_memory",
+    "WORKING_SET_ENV",
+    "working_set_support",
 ]
 
 MB = 2.0**20
@@ -407,15 +410,46 @@ def time_calls(fn: Callable[[], Any], calls: int, device: torch.device) -> list[
     return [start.elapsed_time(end) / 1000.0 for start, end in events]
 
 
-def release_freed_memory() -> None:
-    """Give memory that glibc's allocator keeps after ``free`` back to the OS (``malloc_trim``),
-    so that an RSS baseline taken next holds no leftovers of earlier calls; a no-op elsewhere."""
+def _libc():
+    """glibc through ctypes, or ``None`` (another C library, another platform)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Give memory that glibc's allocator keeps after ``free`` back to the OS (``malloc_trim``),
+    so that an RSS baseline taken next holds no leftovers of earlier calls. Returns whether it
+    could (``False``, a no-op, without glibc)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
+#: The environment of a process that measures working sets (:mod:`crd.working_set`): glibc gives
+#: every allocation of 64 KiB or more pages of its own and returns them when freed (its
+#: ``M_MMAP_THRESHOLD``, fixed from the start, so no large block is ever reused from the heap).
+WORKING_SET_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
+
+
+def working_set_support() -> tuple[bool, str | None]:
+    """Whether this process measures working sets exactly, and if not, why not: it needs glibc
+    (which honours :data:`WORKING_SET_ENV`), that environment from its start, and Linux's
+    resettable RSS high-water mark (``VmHWM``)."""
+    if _libc() is None:
+        return False, "no glibc: the C allocator may serve a call from memory that earlier calls freed"
+    missing = [k for k, v in WORKING_SET_ENV.items() if os.environ.get(k) != v]
+    if missing:
+        return False, f"the process was not started with {', '.join(f'{k}={WORKING_SET_ENV[k]}' for k in missing)}"
+    if not (_reset_vmhwm() and _read_vmhwm_kb() is not None):
+        return False, "no resettable RSS high-water mark (/proc/self/clear_refs, VmHWM): a short peak can be missed"
+    return True, None
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -116,6 +116,7 @@ def make_tables(
                 "torch": "2.5.0",
                 "threads": 2,
                 "n_pairs": len(ds_pairs),
+                "cpu_memory": {"measured": "working set", "exact": True, "why": None} if device == "cpu" else None,
                 "checkpoint": None,
                 "example": {
                     "fixed": "f0",

@@ -404,3 +404,24 @@ def test_the_x2_ceiling_is_reported_as_an_oracle_with_what_the_students_recover(
     assert cells[6].endswith("]") and "%" in cells[6]  # as methods (three seeds)
     sentence = _text(re.search(r"<li>(crd vs lr: Dice [^<]*)</li>", html).group(1))
     assert "Of the lr → x2-oracle@hr gap in Dice" in sentence and "crd recovers" in sentence
+
+
+def test_a_cpu_memory_figure_that_is_not_the_working_set_is_not_printed(tmp_path):
+    """A table from an evaluation that recorded the timed call's RSS rise (no cpu_memory in its
+    sidecar), or one where the working set could not be measured: a note, no number."""
+    tables = make_tables(tmp_path, {"ds": PROFILE})
+    old = next(t for t in tables if "__lr__" in t.name)
+    side = json.loads(old.with_suffix(".json").read_text())
+    del side["cpu_memory"]
+    old.with_suffix(".json").write_text(json.dumps(side))
+    musl = next(t for t in tables if "__crd__" in t.name)
+    side = json.loads(musl.with_suffix(".json").read_text())
+    side["cpu_memory"] = {"measured": "working set", "exact": False, "why": "no glibc"}
+    musl.with_suffix(".json").write_text(json.dumps(side))
+    html = build_report(tables, tmp_path / "r.html").read_text()
+    text = _text(html)
+    assert "lr: CPU memory not shown (seed 0): its table records the RSS rise of the timed call" in text
+    assert "crd: no CPU memory figure (seed 0): no glibc." in text
+    lr_mem = _means(tables, "peak_rss_mb")["ds", "lr"]
+    hr_mem = _means(tables, "peak_rss_mb")["ds", "hr"]
+    assert f"{lr_mem:,.0f}" not in text and f"{hr_mem:,.0f}" in text

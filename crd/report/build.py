@@ -579,6 +579,7 @@ def _load_tables(tables: list[Path]) -> dict[str, dict[str, list[Table]]]:
 
 def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | None) -> list[str]:
     notes = [f"{r.method}: {n}" for r in results for n in r.notes]
+    notes += [f"{r.method}: {r.memory_note}." for r in results if r.memory_note]
     oracles = [r for r in results if r.oracle_of]
     if oracles:
         notes.append(", ".join(f"{r.method} ({r.oracle_of})" for r in oracles) + ": oracles, not methods: each "

@@ -96,6 +96,7 @@ class MethodResult:
     notes: list[str] = field(default_factory=list)
     oracle_of: str | None = None  # an oracle (a ceiling, not a method): the method whose network it uses
     model: dict | None = None  # the model config its sidecar records
+    memory_note: str | None = None  # why its CPU memory figure is not shown (None: shown, or CUDA)
 
     @property
     def is_x2_student(self) -> bool:
@@ -173,6 +174,10 @@ def summarise(tables: list[Table]) -> MethodResult:
     device = str(first.sidecar.get("device") or "")
     if not device:
         device = "cuda" if "cuda_alloc_peak_mb" in set(frame["metric"]) else "cpu"
+    is_oracle = bool(first.sidecar.get("oracle_of"))  # no memory of its own, by design
+    memory_note = _untrusted_cpu_memory(tables) if not device.startswith("cuda") and not is_oracle else None
+    if memory_note and "peak_rss_mb" in pair:
+        pair = pair.drop(columns="peak_rss_mb")
     return MethodResult(
         dataset=first.dataset,
         method=first.method,
@@ -187,8 +192,24 @@ def summarise(tables: list[Table]) -> MethodResult:
         vanished_total=per_seed_total("labels_vanished"),
         notes=notes,
         oracle_of=first.sidecar.get("oracle_of") or None,
+        memory_note=memory_note,
         model=first.sidecar.get("model") if isinstance(first.sidecar.get("model"), dict) else None,
     )
+
+
+def _untrusted_cpu_memory(tables: list[Table]) -> str | None:
+    """Why the CPU ``peak_rss_mb`` of these tables is not shown, or ``None``: a sidecar without
+    ``cpu_memory`` comes from an evaluation that recorded the RSS rise of the timed call, which
+    depends on what ran before it in the process; ``exact: false`` says why the working set could
+    not be measured here."""
+    for t in tables:
+        if "cpu_memory" not in t.sidecar:
+            return (f"CPU memory not shown (seed {t.seed}): its table records the RSS rise of the timed call, which "
+                    "depends on what ran before in the process; evaluate again to measure the working set")  # fmt: skip
+        note = t.sidecar["cpu_memory"] or {}
+        if not note.get("exact", False):
+            return f"no CPU memory figure (seed {t.seed}): {note.get('why') or 'not measurable here'}"
+    return None
 
 
 def _pairs_of(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
