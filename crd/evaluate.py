@@ -178,6 +178,10 @@ def _working_set_rows(
         "data": str(data), "pairs": [list(p) for p in pairs],
     }  # fmt: skip
     note = {"measured": "working set of one call, in a fresh process (crd.working_set)", "exact": False, "why": None}
+    if method_file is not None and not Path(method_file).is_file():
+        note["why"] = f"register_pair comes from no method file a fresh process can load ({method_file})"
+        log.warning("no CPU memory figures: %s", note["why"])
+        return [], note
     try:
         result = measure_working_sets(spec)
     except RuntimeError as exc:
@@ -445,6 +449,7 @@ def _sidecar(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "trained_on": trained_on,
         "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
+        "label_names": {str(k): v for k, v in dataset.labels.items()},
         "model": scored.config,
         "params": scored.params,
         "oracle_of": scored.oracle_of,

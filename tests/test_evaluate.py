@@ -155,10 +155,13 @@ def test_a_method_without_network_is_scored_through_register_pair(cube_dataset, 
     assert _values(table, "dice") == pytest.approx([1.0])
     assert _values(table, "dice", moving="c") == pytest.approx([1.0])
     assert _values(table, "fold_pct") == pytest.approx([0.0])
-    assert {"time_s", "peak_rss_mb", "hd95_mm"} <= set(table.metric)
+    assert {"time_s", "hd95_mm"} <= set(table.metric)
     assert "params" not in set(table.metric) and set(table.seed) == {4}  # no network: no parameter count
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["params"] is None
+    # a function that no method file holds cannot be measured in a fresh process: no figure, and why
+    assert "peak_rss_mb" not in set(table.metric)
+    assert not sidecar["cpu_memory"]["exact"] and "no method file" in sidecar["cpu_memory"]["why"]
     assert sidecar["model"] == {"kind": "external", "method_file": str(tmp_path / "shift.py")}
     # warm-up + 2 pairs; CPU float32 (D, H, W) arrays, the dataset's spacing, the seed and threads passed on
     assert len(calls) == 3 and {c["shape"] for c in calls} == {(32, 32, 32)}

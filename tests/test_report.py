@@ -425,3 +425,32 @@ def test_a_cpu_memory_figure_that_is_not_the_working_set_is_not_printed(tmp_path
     lr_mem = _means(tables, "peak_rss_mb")["ds", "lr"]
     hr_mem = _means(tables, "peak_rss_mb")["ds", "hr"]
     assert f"{lr_mem:,.0f}" not in text and f"{hr_mem:,.0f}" in text
+
+
+def test_the_per_label_plot_names_structures_and_a_distant_classical_method_gets_its_own_axis(tmp_path):
+    from crd.report import plots
+    from crd.report.summary import summarise
+
+    assert plots.label_ticks([1, 2, 3], {1: "cortex_1", 3: "vessel_1"}) == ([0, 1, 2], ["cortex_1", "2", "vessel_1"])
+    positions, texts = plots.label_ticks(list(range(1, 101)), {}, most=40)
+    assert positions == list(range(0, 100, 2)) and texts[:2] == ["1", "3"]
+    profile = {"hr": (0.52, 2.0, 60.0, 320_000), "lr": (0.45, 0.4, 8.0, 320_000), "syn": (0.73, 0.8, 15.0, None)}
+    tables = make_tables(tmp_path, {"ds": profile}, n_pairs=12, noise=0.01)
+    for csv in tables:  # the dataset's label names travel in the sidecar
+        side = json.loads(csv.with_suffix(".json").read_text())
+        side["label_names"] = {"1": "cortex_1", "2": "white_1", "3": "vessel_1"}
+        csv.with_suffix(".json").write_text(json.dumps(side))
+        if "__syn__" in csv.name:  # a classical method: no parameters
+            frame = pd.read_csv(csv)
+            frame[frame.metric != "params"].to_csv(csv, index=False)
+    by_method = {}
+    for csv in tables:
+        t = load_table(csv)
+        by_method.setdefault(t.method, []).append(t)
+    results = [summarise(ts) for ts in by_method.values()]
+    assert results[0].label_names == {1: "cortex_1", 2: "white_1", 3: "vessel_1"}
+    data = [r.values("dice").dropna() for r in results]
+    assert plots._far_apart(results, data) == [False, False, True]
+    data[2] = data[2] - 0.25  # within the networks' range: one axis
+    assert plots._far_apart(results, data) == [False, False, False]
+    assert plots.pair_distribution(results, plots.colours([r.method for r in results]))

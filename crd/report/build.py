@@ -86,9 +86,11 @@ METRIC_DEFINITIONS = (
     ),
     (
         "Peak memory",
-        "on CPU, the peak resident set size above the pre-inference baseline during inference "
-        "(MB); on CUDA, the PyTorch allocator peak and NVML's per-process figure, which includes "
-        "the CUDA context (MB).",
+        "on CPU, the working set of one inference (MB): its RSS rise measured in a fresh process where "
+        "glibc gives every block of 64 KiB or more pages of its own (so no memory freed by earlier calls "
+        "hides it); weights, inputs and what exists before the call are not counted. Not shown where it "
+        "cannot be measured so (the notes say why). On CUDA, the PyTorch allocator peak and NVML's "
+        "per-process figure, which includes the CUDA context (MB).",
     ),
     ("Params", "number of trainable parameters of the method's model."),
     (
@@ -627,7 +629,7 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
         if any(c.named for c in rows if (c.a, c.b) == (a, b))
     ]
     mem_label = "peak memory (MB): " + ", ".join(
-        sorted({"CUDA allocator peak" if r.is_cuda else "CPU RSS above baseline" for r in results}))  # fmt: skip
+        sorted({"CUDA allocator peak" if r.is_cuda else "CPU working set" for r in results}))  # fmt: skip
     qual_png, qual_caption, qual_notes = plots.qualitative(results)
     seeds = sorted({s for r in results for s in r.seeds})
     return {

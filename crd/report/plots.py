@@ -104,6 +104,13 @@ def scatter(
     return _png(fig)
 
 
+def label_ticks(labels: list[int], names: dict[int, str], most: int = 40) -> tuple[list[int], list[str]]:
+    """Tick positions and texts of the per-label plot: the structure's name where the dataset gives
+    one (its value otherwise), every ``len(labels) // most``-th label when there are many."""
+    step = max(1, len(labels) // most)
+    return list(range(0, len(labels), step)), [names.get(lab, str(lab)) for lab in labels[::step]]
+
+
 def label_plot(results: list[MethodResult], colours: dict[str, Any]) -> str | None:
     have = [s for s in results if not s.label_dice.empty]
     if not have:
@@ -122,9 +129,11 @@ def label_plot(results: list[MethodResult], colours: dict[str, Any]) -> str | No
             ms=4,
             lw=1,
         )
-    step = max(1, len(labels) // 30)
-    ax.set_xticks(range(0, len(labels), step), [str(lab) for lab in labels[::step]])
-    ax.set_xlabel("label")
+    names = {k: v for s in have for k, v in s.label_names.items()}  # the dataset's structure names
+    positions, ticks = label_ticks(labels, names)
+    ax.set_xticks(positions, ticks, rotation=60 if names else 0, ha="right" if names else "center",
+                  fontsize=7 if names else None)  # fmt: skip
+    ax.set_xlabel("label" if not names else "structure")
     ax.set_ylabel("mean Dice over pairs")
     ax.set_ylim(0, 1.02)
     ax.grid(True, alpha=0.3)
@@ -261,15 +270,20 @@ def _slice_figure(panels: list[_Panel], labels: np.ndarray | None) -> tuple[Any,
     return fig, lo, hi
 
 
-def pair_distribution(results: list[MethodResult], colours: dict[str, Any], metric: str = "dice") -> str | None:
-    """Box plot and strip of the per-pair (seed-averaged) values of ``metric`` for each method, with
-    each pair's values joined by a faint line across methods (paired data)."""
-    have = [s for s in results if not s.values(metric).dropna().empty]
-    if not have:
-        return None
-    fig = _new_figure(max(5.0, 0.9 * len(have) + 1.5), 3.6)
-    ax = fig.add_subplot()
-    data = [s.values(metric).dropna() for s in have]
+def _far_apart(have: list[MethodResult], data: list[pd.Series]) -> list[bool]:
+    """Which methods go to a panel of their own: those without a network (classical, ``params``
+    unknown) whose middle half of values lies wholly outside the range of the networks' values,
+    so that they would squeeze the networks' boxes together on one axis."""
+    learned = [d for s, d in zip(have, data, strict=True) if s.params is not None]
+    if not learned:
+        return [False] * len(have)
+    low = min(float(d.min()) for d in learned)
+    high = max(float(d.max()) for d in learned)
+    return [s.params is None and not s.oracle_of and (d.quantile(0.25) > high or d.quantile(0.75) < low)
+            for s, d in zip(have, data, strict=True)]  # fmt: skip
+
+
+def _pair_panel(ax, have: list[MethodResult], data: list[pd.Series], colours: dict[str, Any]) -> None:
     ax.boxplot([d.to_numpy() for d in data], positions=range(len(have)), widths=0.55, showfliers=False,
                medianprops={"color": "black"})  # fmt: skip
     rng = np.random.default_rng(0)  # jitter only; the same every run
@@ -283,8 +297,30 @@ def pair_distribution(results: list[MethodResult], colours: dict[str, Any], metr
         x = i + rng.uniform(-0.12, 0.12, len(d))
         ax.scatter(x, d.to_numpy(), s=9, color=colours[s.method], alpha=0.8, zorder=2, linewidths=0)
     ax.set_xticks(range(len(have)), [s.method for s in have], rotation=30, ha="right")
-    ax.set_ylabel(f"{'Dice' if metric == 'dice' else metric} per test pair")
     ax.grid(True, axis="y", alpha=0.3)
+
+
+def pair_distribution(results: list[MethodResult], colours: dict[str, Any], metric: str = "dice") -> str | None:
+    """Box plot and strip of the per-pair (seed-averaged) values of ``metric`` for each method, with
+    each pair's values joined by a faint line across methods (paired data). A method without a
+    network whose values lie far from every network's (:func:`_far_apart`, e.g. a classical method
+    far above) is drawn in a panel of its own on the right, with its own axis, so that the networks'
+    boxes stay readable."""
+    have = [s for s in results if not s.values(metric).dropna().empty]
+    if not have:
+        return None
+    data = [s.values(metric).dropna() for s in have]
+    apart = _far_apart(have, data)
+    main = [i for i, a in enumerate(apart) if not a]
+    side = [i for i, a in enumerate(apart) if a]
+    fig = _new_figure(max(5.0, 0.9 * len(have) + 1.5 + (1.0 if side else 0.0)), 3.6)
+    axes = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(main), max(1, len(side)) + 0.6]}) if side else [
+        fig.add_subplot()]  # fmt: skip
+    _pair_panel(axes[0], [have[i] for i in main], [data[i] for i in main], colours)
+    axes[0].set_ylabel(f"{'Dice' if metric == 'dice' else metric} per test pair")
+    if side:
+        _pair_panel(axes[1], [have[i] for i in side], [data[i] for i in side], colours)
+        axes[1].set_title("own axis", fontsize=8)
     return _png(fig)
 
 

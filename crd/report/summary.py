@@ -97,6 +97,7 @@ class MethodResult:
     oracle_of: str | None = None  # an oracle (a ceiling, not a method): the method whose network it uses
     model: dict | None = None  # the model config its sidecar records
     memory_note: str | None = None  # why its CPU memory figure is not shown (None: shown, or CUDA)
+    label_names: dict[int, str] = field(default_factory=dict)  # label value -> structure name (sidecar)
 
     @property
     def is_x2_student(self) -> bool:
@@ -193,8 +194,20 @@ def summarise(tables: list[Table]) -> MethodResult:
         notes=notes,
         oracle_of=first.sidecar.get("oracle_of") or None,
         memory_note=memory_note,
+        label_names=_label_names(first.sidecar),
         model=first.sidecar.get("model") if isinstance(first.sidecar.get("model"), dict) else None,
     )
+
+
+def _label_names(sidecar: dict) -> dict[int, str]:
+    """The sidecar's ``label_names`` (value -> name), ``{}`` when absent or malformed."""
+    raw = sidecar.get("label_names")
+    if not isinstance(raw, dict):
+        return {}
+    try:
+        return {int(k): str(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        return {}
 
 
 def _untrusted_cpu_memory(tables: list[Table]) -> str | None:
