@@ -13,6 +13,7 @@
 rule ants_syn_evaluate:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
+        checked=lambda wc: data_check_path(wc.dataset),
         method_file=METHODS["ants-syn"].path,
     output:
         table=eval_path("{dataset}", "ants-syn", "{seed}", "csv"),

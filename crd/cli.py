@@ -88,20 +88,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     if args.dataset != "synth":
         raise ValueError(f"crd generate knows the embedded dataset 'synth' only, got {args.dataset!r}")
-    options = {
-        "template": args.template,
-        "n_subjects": args.subjects,
-        "shape": args.shape,
-        "spacing": args.spacing,
-        "n_labels": args.labels,
-        "n_val": args.val,
-        "n_test": args.test,
-        "deformation_voxels": args.deformation,
-        "n_control": args.control,
-        "fine_deformation_voxels": args.fine_deformation,
-        "fine_control": args.fine_control,
-        "seed": args.seed,
-    }
+    from crd.data.synth import GENERATE_OPTIONS
+
+    options = {kwarg: getattr(args, flag) for flag, kwarg in GENERATE_OPTIONS.items()}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v is not None}
     print(generate_synth(args.out, overwrite=args.overwrite, progress=not args.no_progress, **kwargs))
 
@@ -149,6 +138,20 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     print(prepare_dataset(args.dataset, args.sources, args.out, options=options,
                           threads=args.threads, progress=not args.no_progress,
                           overwrite=args.overwrite))
+
+
+def _cmd_check_data(args: argparse.Namespace) -> None:
+    from crd.atomic import write_text_atomic
+    from crd.data.check import check_dataset, expected_record
+
+    expected = expected_record(args.source, generate=_load_settings(args.generate) if args.generate else None,
+                               preprocess=_load_settings(args.preprocess) if args.preprocess else None)  # fmt: skip
+    check_dataset(args.folder, expected, what=args.asker, remedy=args.remedy)
+    line = f"{args.folder}: the {args.source} dataset {args.asker} asks for"
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps({"folder": str(args.folder), "generator": expected},
+                                                     sort_keys=True, default=list) + "\n")  # fmt: skip
+    print(line)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -428,6 +431,16 @@ def _add_download_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_prepare_parser(sub: argparse._SubParsersAction) -> None:
+    ck = sub.add_parser("check-data", help="check that a dataset folder holds what the configuration asks for")
+    ck.add_argument("folder", type=Path, help="the dataset folder (canonical layout, with dataset.json)")
+    ck.add_argument("--source", required=True, help="synth, or a public dataset's name (see `crd datasets`)")
+    ck.add_argument("--generate", help="synth: the config's generate options (JSON, or a YAML/JSON file)")
+    ck.add_argument("--preprocess", help="a public dataset: the config's preprocess options (JSON or a file)")
+    ck.add_argument("--asker", default="the configuration", help="who asks, for the message (default: %(default)s)")
+    ck.add_argument("--remedy", default="", help="what to do on a mismatch, for the message")
+    ck.add_argument("--out", type=Path, help="write what was checked here (JSON) when it matches")
+    ck.set_defaults(func=_cmd_check_data)
+
     pr = sub.add_parser("prepare", help="preprocess downloaded files into the canonical layout")
     pr.add_argument("dataset", help="dataset name (see `crd datasets`)")
     pr.add_argument("sources", type=Path, help="folder holding the downloaded (or placed) files")

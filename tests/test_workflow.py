@@ -270,6 +270,27 @@ def test_paper_configs_dry_run_list_the_whole_dag(tmp_path, configfile, expected
     assert "synth" not in text  # a --configfile replaces config.yaml; nothing merged in
 
 
+def test_a_dataset_made_with_other_options_stops_the_run_before_any_training(tmp_path):
+    """data/synth made by hand with another shape than the config's: the check job refuses it in one
+    line naming the key and both values, and no training job runs."""
+    from crd.data.synth import generate_synth
+
+    tiny = {"template": "blobs", "fine_deformation_voxels": 0, "seed": 3, "n_subjects": 7, "n_labels": 8, "n_val": 2,
+            "n_test": 2, "deformation_voxels": 4.5, "progress": False}  # TINY's generate block, as arguments
+    generate_synth(tmp_path / "data" / "synth", shape=(32, 32, 48), **tiny)
+    out = snakemake(tmp_path, TINY, "results/synth/seed0/models/hr.pt")
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "shape is [32, 32, 48], but config datasets.synth.generate asks for [32, 32, 32]" in text, text[-3000:]
+    assert f"delete {'data/synth'} and run again" in text
+    assert not (tmp_path / "results" / "synth" / "seed0" / "models").exists()
+    # made as the config asks: it passes, and the check is recorded
+    shutil.rmtree(tmp_path / "data" / "synth")
+    generate_synth(tmp_path / "data" / "synth", shape=(32, 32, 32), **tiny)
+    ok = snakemake(tmp_path, TINY, "results/synth/data_check.json")
+    assert ok.returncode == 0, (ok.stdout + ok.stderr)[-3000:]
+
+
 def _public_config(**datasets):
     return {**TINY, "datasets": datasets, "threads": {**TINY["threads"], "prepare": 2}}
 
@@ -296,6 +317,14 @@ def test_download_and_prepare_rules_over_loopback(tmp_path):
     assert ds.info["checksums"] == {"AbdomenCTCT.zip": sha}
     assert ds.name == "abdomen" and ds.info["generator"]["source"] == "abdomenctct"  # config key names it
     assert (tmp_path / "downloads" / "abdomen" / "AbdomenCTCT.zip").is_file()
+    # the same folder asked for with other preprocessing options: refused in one line, before training
+    from crd.cli import main
+
+    asked = ["check-data", str(tmp_path / "data" / "abdomen"), "--source", "abdomenctct", "--preprocess"]
+    assert main([*asked, '{"val": 2}']) == 0
+    err = subprocess.run([sys.executable, "-m", "crd", *asked, '{"val": 3}', "--asker", "config datasets.abdomen"],
+                         capture_output=True, text=True).stderr.strip().splitlines()  # fmt: skip
+    assert len(err) == 1 and "options.val is 2, but config datasets.abdomen asks for 3" in err[0], err
 
 
 def test_terms_and_missing_files_stop_with_a_message(tmp_path):

@@ -363,6 +363,31 @@ def _write_dataset(folder: Path, name: str, settings: _Settings, progress: bool)
     write_dataset_json(folder, info)
 
 
+#: ``crd generate synth`` option (and config ``generate:`` key) -> :func:`generate_synth` argument
+GENERATE_OPTIONS = {
+    "template": "template", "subjects": "n_subjects", "shape": "shape", "spacing": "spacing", "labels": "n_labels",
+    "val": "n_val", "test": "n_test", "deformation": "deformation_voxels", "control": "n_control",
+    "fine_deformation": "fine_deformation_voxels", "fine_control": "fine_control", "seed": "seed",
+}  # fmt: skip
+
+
+def expected_generator(options: dict) -> dict[str, object]:
+    """The ``generator`` entry that ``dataset.json`` records when ``crd generate synth`` runs with
+    ``options`` (config ``generate:`` keys, e.g. ``{"shape": [32, 64, 64]}``; the rest default).
+    ``ValueError`` for an unknown key."""
+    import inspect
+
+    unknown = sorted(set(options) - set(GENERATE_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown generate option(s) {', '.join(unknown)}; valid: {', '.join(GENERATE_OPTIONS)}")
+    kwargs = {p.name: p.default for p in inspect.signature(generate_synth).parameters.values()
+              if p.name not in ("out_dir", "overwrite", "progress")}  # fmt: skip
+    kwargs.update({GENERATE_OPTIONS[k]: v for k, v in options.items()})
+    kwargs["shape"] = tuple(int(v) for v in kwargs["shape"])
+    kwargs["spacing"] = tuple(float(v) for v in kwargs["spacing"])
+    return _Settings(**kwargs).generator_params()
+
+
 def generate_synth(
     out_dir: str | os.PathLike[str],
     *,

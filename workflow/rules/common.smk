@@ -96,6 +96,29 @@ def _check_datasets():
 _check_datasets()
 
 
+def data_check_path(dataset):
+    """What `crd check-data` confirmed about the dataset folder (the rule check_data); every job that
+    reads the dataset needs it, so none trains on or scores data made with other options."""
+    return f"{RESULTS}/{dataset}/data_check.json"
+
+
+def data_check_args(dataset):
+    """`crd check-data` options: the source, the config's generate/preprocess options, who asks, what to do."""
+    spec = config["datasets"][dataset]
+    source = spec["source"]
+    if source in catalog.GENERATED:
+        options = ["--generate", json.dumps(spec.get("generate", {}), sort_keys=True)]
+        asker = f"config datasets.{dataset}.generate"
+        remedy = (f"delete {dataset_dir(dataset)} and run again (the workflow generates it from the configuration; "
+                  "deterministic), or set data_root to another folder")  # fmt: skip
+    else:
+        options = ["--preprocess", json.dumps(spec.get("preprocess", {}), sort_keys=True)]
+        asker = f"config datasets.{dataset} (source {source}, preprocess)"
+        remedy = (f"delete {dataset_dir(dataset)} and run again (the workflow prepares it from "
+                  f"{source_dir(dataset)}), or set data_root to another folder")  # fmt: skip
+    return shlex.join(["--source", source, *options, "--asker", asker, "--remedy", remedy])
+
+
 def eval_path(dataset, method, seed, ext="csv"):
     return f"{seed_dir(dataset, seed)}/eval/{method}.{ext}"
 

@@ -74,3 +74,29 @@ rule prepare:
             "python -m crd prepare {params.source:q} {params.folder:q} {output:q} --options {params.options:q}"
             " --threads {threads:q} --overwrite --no-progress"
         )
+
+
+# Every job that reads a dataset needs this check: the folder's dataset.json must record the options
+# the configuration asks for (synth's generate, a public set's source and preprocess). A folder made
+# by hand, or by another configuration sharing data_root, stops the run here with one line naming the
+# key and both values, before any training. The options are params, so changing them reruns it.
+
+
+rule check_data:
+    input:
+        data=lambda wc: dataset_dir(wc.dataset),
+    output:
+        data_check_path("{dataset}"),
+    log:
+        f"{LOGS}/{{dataset}}/check_data.log",
+    wildcard_constraints:
+        dataset=_alternatives(DATASETS),
+    params:
+        args=lambda wc: data_check_args(wc.dataset),
+    threads: 1
+    resources:
+        mem_mb=mem_mb("prepare"),
+    conda:
+        ENV
+    shell:
+        show_log_on_error("python -m crd check-data {input.data:q} {params.args} --out {output:q}")

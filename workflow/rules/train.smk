@@ -6,6 +6,7 @@
 rule train:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
+        checked=lambda wc: data_check_path(wc.dataset),
         init=lambda wc: _needed(wc, "init"),
         teacher=lambda wc: _needed(wc, "teacher"),
     output:
