@@ -14,7 +14,7 @@ rule ants_syn_evaluate:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
         checked=lambda wc: data_check_path(wc.dataset),
-        method_file=METHODS["ants-syn"].path,
+        method_file=method_file("ants-syn"),
     output:
         table=eval_path("{dataset}", "ants-syn", "{seed}", "csv"),
         sidecar=eval_path("{dataset}", "ants-syn", "{seed}", "json"),

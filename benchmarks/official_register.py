@@ -48,7 +48,10 @@ Run (about five minutes on 2 cores; ``--explore`` adds about five)::
 
     python benchmarks/official_register.py --official DIR --work /tmp/crd-official-bench
 
-(``DIR``: the folder holding the authors' released ``.pth`` files.)
+(``DIR``: the folder holding the authors' released ``.pth`` files, under their released names,
+``VMdalca1_Hinput_OASIS_R1_D_24500.pth`` (lr) and
+``VMdalca1_Hinput_Together_OASIS_R1_D_AlignShift_20750.pth`` (fst), directly or in the repository's
+``ckpt/student/`` and ``ckpt/teacher/``.)
 """
 
 from __future__ import annotations
@@ -74,7 +77,24 @@ from crd.models.official import INPUT_SPEC
 
 SHAPE = (160, 192, 224)
 TISSUES = {1: "CSF", 2: "GM", 3: "WM"}
-FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}
+#: the authors' files, by the names they were released under first (ckpt/student, ckpt/teacher), then
+#: the names the shared copy uses
+FILES = {
+    "lr": ("VMdalca1_Hinput_OASIS_R1_D_24500.pth", "oasis_lr_student_init.pth"),
+    "fst": ("VMdalca1_Hinput_Together_OASIS_R1_D_AlignShift_20750.pth", "oasis_fst_teacher.pth"),
+}
+
+
+def official_file(folder: Path, kind: str) -> Path:
+    """The authors' ``kind`` (lr or fst) weights in ``folder`` (or its ckpt/student, ckpt/teacher),
+    under either name of :data:`FILES`; exits with one line naming what it looked for."""
+    sub = {"lr": "student", "fst": "teacher"}[kind]
+    for base in (folder, folder / "ckpt" / sub):
+        for name in FILES[kind]:
+            if (base / name).is_file():
+                return base / name
+    sys.exit(f"{folder}: no {kind} weights: expected {' or '.join(FILES[kind])} (the authors' {sub} checkpoint), "
+             f"in the folder or in its ckpt/{sub}/")
 TEMPLATE = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -199,7 +219,7 @@ def explore(arrays: dict[str, np.ndarray], affine: np.ndarray, scale: float, arg
     from crd.models.official import import_official
     from crd.register import register
 
-    ckpt = import_official(args.official / FILES["lr"], args.work / "explore_lr.pt", "lr")
+    ckpt = import_official(official_file(args.official, "lr"), args.work / "explore_lr.pt", "lr")
     candidates = [a + b + c for a in "LR" for b in "IS" for c in "AP"] + [
         a + b + c for a in "LR" for b in "AP" for c in "IS"
     ]
@@ -227,7 +247,7 @@ def import_checkpoints(args: argparse.Namespace) -> dict[tuple[str, str], Path]:
     out = {}
     for kind in ("lr", "fst"):
         ckpt = args.work / f"{kind}-official.pt"
-        run([*crd, "import-official", str(args.official / FILES[kind]), str(ckpt), "--kind", kind])
+        run([*crd, "import-official", str(official_file(args.official, kind)), str(ckpt), "--kind", kind])
         payload = read_checkpoint(ckpt)
         assert payload["input"]["normalisation"] == "none", payload["input"]
         out[kind, "none"] = ckpt

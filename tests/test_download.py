@@ -200,6 +200,13 @@ def test_offline_gives_instructions(tmp_path):
     assert "Connection refused" in msg and "fetch " + url in msg
     assert str(tmp_path / "neurite-oasis.v1.0.tar") in msg
     assert "Traceback" not in msg
+    # with the default retries, an unreachable host is tried twice (not six times with back-off), and the
+    # message claims no partial file
+    waits = []
+    with pytest.raises(DownloadError) as info:
+        fetch(Source(url, "neurite-oasis.v1.0.tar", SHA), tmp_path, progress=False, sleep=waits.append)
+    assert len(waits) == 1 and "after 2 attempt(s)" in str(info.value)
+    assert "nothing was received" in str(info.value) and ".part" not in str(info.value)
 
 
 def test_file_checksum(tmp_path):

@@ -173,15 +173,19 @@ class ResumableHTTPDownloader:
                     ) from None
                 restarted = True  # start again from byte 0, at once (not a retry)
             except errors as exc:
-                if attempt == self.retries:
+                have = self.part.stat().st_size if self.part.exists() else 0
+                # a connection that never delivered a byte (offline, unknown host, refused) is tried
+                # twice, not retries + 1 times with back-off: that would only delay the message
+                unreachable = isinstance(exc, requests.ConnectionError) and not have
+                if attempt >= (min(self.retries, 1) if unreachable else self.retries):
                     host = urlparse(url).netloc
+                    kept = (f"the {have} bytes received so far are kept in {self.part} and the next run resumes"
+                            if have else "nothing was received")  # fmt: skip
                     raise DownloadError(
                         f"cannot download {name} from {host} "
-                        f"({_short_reason(exc)}) after {self.retries + 1} attempt(s). If this "
+                        f"({_short_reason(exc)}) after {attempt + 1} attempt(s). If this "
                         f"machine is offline, fetch {url} elsewhere and put it at "
-                        f"{self.part.with_suffix('')} (it is checked before use); the "
-                        f"{self.part.stat().st_size if self.part.exists() else 0} bytes "
-                        f"received so far are kept in {self.part} and the next run resumes."
+                        f"{self.part.with_suffix('')} (it is checked before use); {kept}."
                     ) from None
                 self.sleep(min(self.backoff * 2**attempt, 30.0))
                 attempt += 1

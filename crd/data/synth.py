@@ -100,7 +100,7 @@ def _prepare_target(out_dir: Path, overwrite: bool) -> None:
         if not out_dir.is_dir():
             raise FileExistsError(f"{out_dir}: exists and is not a folder")
         if any(out_dir.iterdir()) and not overwrite:
-            raise FileExistsError(f"{out_dir}: folder exists and is not empty; pass overwrite=True to replace it")
+            raise FileExistsError(f"{out_dir}: folder exists and is not empty; pass --overwrite to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 

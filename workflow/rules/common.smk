@@ -96,6 +96,18 @@ def _check_datasets():
 _check_datasets()
 
 
+def method_file(method):
+    """The method's file, relative to the working directory when it lies below it (the checkout), so
+    that a moved or copied checkout keeps its jobs' inputs and params, and Snakemake reruns nothing."""
+    import os
+
+    path = Path(METHODS[method].path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return os.path.relpath(path)
+
+
 def data_check_path(dataset):
     """What `crd check-data` confirmed about the dataset folder (the rule check_data); every job that
     reads the dataset needs it, so none trains on or scores data made with other options."""

@@ -23,7 +23,7 @@ rule evaluate:
         dataset=_alternatives(DATASETS),
         seed=r"\d+",
     params:
-        method_file=lambda wc: METHODS[wc.method].path,
+        method_file=lambda wc: method_file(wc.method),
         checkpoint=lambda wc, input: _option("--checkpoint", input.checkpoint),
         torch_threads=config["threads"]["evaluate"],
         device=config["device"],

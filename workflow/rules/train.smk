@@ -19,7 +19,7 @@ rule train:
         dataset=_alternatives(DATASETS),
         seed=r"\d+",
     params:
-        method_file=lambda wc: METHODS[wc.method].path,
+        method_file=lambda wc: method_file(wc.method),
         settings=lambda wc: json.dumps(train_settings(wc.method, wc.seed), sort_keys=True),
         init=lambda wc, input: _option("--init", input.init),
         teacher=lambda wc, input: _option("--teacher", input.teacher),
