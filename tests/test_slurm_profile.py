@@ -76,6 +76,8 @@ def _submissions(tmp_path: Path) -> dict[str, list[str]]:
     gpu.write_text(yaml.safe_dump({"resources": {"gpu": 1}, "method_train": {"hr": {"processes": 2}}}))
     (tmp_path / "data" / "synth").mkdir(parents=True)  # the dataset "exists": no generate job first
     results = tmp_path / "results"
+    (results / "synth").mkdir(parents=True)  # and was checked (rule check_data) after it was made
+    (results / "synth" / "data_check.json").write_text("{}\n")
     targets = [
         results / "synth" / "seed0" / "models" / "hr.pt",
         results / "synth" / "seed0" / "models" / "lr.pt",

@@ -97,15 +97,14 @@ _check_datasets()
 
 
 def method_file(method):
-    """The method's file, relative to the working directory when it lies below it (the checkout), so
-    that a moved or copied checkout keeps its jobs' inputs and params, and Snakemake reruns nothing."""
-    import os
-
+    """The method's file, relative to the working directory when it lies below it (running in the
+    checkout), so that a moved or copied checkout keeps its jobs' inputs and params and Snakemake
+    reruns nothing; absolute otherwise (a working directory elsewhere)."""
     path = Path(METHODS[method].path)
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return os.path.relpath(path)
+        return str(path)
 
 
 def data_check_path(dataset):

@@ -82,6 +82,10 @@ rule prepare:
 # key and both values, before any training. The options are params, so changing them reruns it.
 
 
+localrules:
+    check_data,  # a few file reads: on the submitting host, not a cluster job
+
+
 rule check_data:
     input:
         data=lambda wc: dataset_dir(wc.dataset),
