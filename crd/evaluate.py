@@ -146,7 +146,7 @@ def evaluate(
         pair_rows = [r for r in pair_rows if r["metric"] != "peak_rss_mb"]
         memory_rows, memory_note = _working_set_rows(data, pairs, n_threads, seed, checkpoint, model_config,
                                                      method_file if register_pair is not None else None)  # fmt: skip
-        pair_rows = _with_rows(pair_rows, memory_rows)
+        pair_rows += memory_rows  # a long table: the order of rows carries nothing
     rows.extend(pair_rows)
 
     seed = 0 if seed is None else int(seed)
@@ -195,21 +195,6 @@ def _working_set_rows(
     rows = [{"fixed": f, "moving": m, "metric": "peak_rss_mb", "label": None, "value": float(v)}
             for (f, m), v in zip(pairs, result["mb"], strict=True)]  # fmt: skip
     return rows, note
-
-
-def _with_rows(pair_rows: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``pair_rows`` with each ``extra`` row placed after its pair's first row (its time)."""
-    by_pair: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
-    for row in extra:
-        by_pair.setdefault((row["fixed"], row["moving"]), []).append(row)
-    out, seen = [], set()
-    for row in pair_rows:
-        out.append(row)
-        key = (row["fixed"], row["moving"])
-        if key in by_pair and key not in seen:
-            seen.add(key)
-            out.extend(by_pair[key])
-    return out
 
 
 #: what :func:`_score_pair` measures of the registration call itself (not recorded for an oracle)

@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 __all__ = ["measure_working_sets"]
@@ -69,12 +70,8 @@ def _register(spec: dict[str, Any], spacing: tuple[float, ...]):
         if method_file is None:
             raise ValueError("the spec names no model, checkpoint or method file")
         register_pair = load_method(Path(method_file)).register_pair
-
-        class _Spacing:  # what _external_method reads of a dataset
-            def __init__(self) -> None:
-                self.spacing = spacing
-
-        return _external_method(register_pair, _Spacing(), int(spec.get("seed") or 0), int(spec["threads"]),
+        dataset = SimpleNamespace(spacing=spacing)  # all that _external_method reads of a dataset
+        return _external_method(register_pair, dataset, int(spec.get("seed") or 0), int(spec["threads"]),
                                 Path(method_file)).register  # fmt: skip
     checkpoint = Path(spec["checkpoint"]) if spec.get("checkpoint") else None
     model, *_ = _load_scored_model(checkpoint, spec.get("model"), "working set", spec.get("seed"),
