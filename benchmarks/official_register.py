@@ -215,7 +215,8 @@ def run(argv: list[str]) -> str:
 
 
 def explore(arrays: dict[str, np.ndarray], affine: np.ndarray, scale: float, args: argparse.Namespace) -> None:
-    """Dice after ``lr`` registration of the same pair in 16 orientations, both settings (in-process)."""
+    """Dice after ``lr`` registration of the same OASIS-like pair in 16 orientations, each fed in
+    both array orders (reversed: the authors' SimpleITK order, the default; stored: nibabel's)."""
     from crd.models.official import import_official
     from crd.register import register
 
@@ -224,20 +225,20 @@ def explore(arrays: dict[str, np.ndarray], affine: np.ndarray, scale: float, arg
         a + b + c for a in "LR" for b in "AP" for c in "IS"
     ]
     oasis_like = {**arrays, "fixed": arrays["fixed"] * scale, "moving": arrays["moving"] * scale}
-    print("mean Dice (CSF, GM, WM) after lr-official, same pair in 16 orientations")
-    print("orientation  before   1. min-max  2. OASIS-like")
+    print("mean Dice (CSF, GM, WM) after lr-official, the OASIS-like pair in 16 orientations")
+    print("orientation  before   reversed  stored")
     for codes in candidates:
         after = []
-        for pair, normalisation in ((arrays, "minmax"), (oasis_like, "none")):
-            out = args.work / f"explore_{codes}"
-            p = write_pair(pair, affine, codes, out)
-            fixed_labels = np.asanyarray(nib.load(str(p["fixed_labels"])).dataobj)
-            before = dice_row(fixed_labels, np.asanyarray(nib.load(str(p["moving_labels"])).dataobj))[-1]
+        out = args.work / f"explore_{codes}"
+        p = write_pair(oasis_like, affine, codes, out)
+        fixed_labels = np.asanyarray(nib.load(str(p["fixed_labels"])).dataobj)
+        before = dice_row(fixed_labels, np.asanyarray(nib.load(str(p["moving_labels"])).dataobj))[-1]
+        for order in ("reversed", "stored"):
             register(ckpt, p["fixed"], p["moving"], out / "warped.nii.gz", moving_labels=p["moving_labels"],
                      out_warped_labels=out / "warped_labels.nii.gz", device="cpu", threads=args.threads,
-                     normalisation=normalisation)  # fmt: skip
+                     array_order=order)  # fmt: skip
             after.append(dice_row(fixed_labels, np.asanyarray(nib.load(str(out / "warped_labels.nii.gz")).dataobj))[-1])
-        print(f"{codes:11s}  {before:.4f}   {after[0]:.4f}      {after[1]:.4f}", flush=True)
+        print(f"{codes:11s}  {before:.4f}   {after[0]:.4f}    {after[1]:.4f}", flush=True)
 
 
 def import_checkpoints(args: argparse.Namespace) -> dict[tuple[str, str], Path]:
@@ -266,7 +267,7 @@ def register_one(paths: dict[str, Path], out: Path, ckpt: Path, args: argparse.N
         "--moving-labels", str(paths["moving_labels"]), "--out-warped-labels", str(files["warped_labels"]),
         "--device", "cpu", "--threads", str(args.threads), *extra,
     ])  # fmt: skip
-    fed = printed.split("(normalisation ", 1)[1].split(")", 1)[0]
+    fed = printed.split("(normalisation ", 1)[1].split(")", 1)[0].replace(", array order ", "/")
     fixed_labels = np.asanyarray(nib.load(str(paths["fixed_labels"])).dataobj)
     dice = dice_row(fixed_labels, np.asanyarray(nib.load(str(files["warped_labels"])).dataobj))
     flow = nib.load(str(files["flow"])).get_fdata(dtype=np.float32)
@@ -283,11 +284,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for crd register")
     parser.add_argument("--explore", action="store_true", help="also try 16 orientations with the lr model")
     args = parser.parse_args()
-    missing = [f for f in FILES.values() if not (args.official / f).is_file()]
-    if missing:
-        sys.exit(
-            f"{args.official} lacks {', '.join(missing)} (the authors' weights, BlaiseBrain/CRD_registration ckpt/)"
-        )
+    for kind in ("lr", "fst"):
+        official_file(args.official, kind)  # exits with one line naming what is missing
 
     start = time.perf_counter()
     arrays, affine = template_pair(template_folder(), args.seed, args.max_displacement)
@@ -309,6 +307,7 @@ def main() -> None:
         (names[1], "minmax", []),
         (names[1], "none", []),
         (names[1], "minmax", ["--normalisation", "none"]),
+        (names[1], "none", ["--array-order", "stored"]),
     ]
     first = pairs[names[0]]
     fixed_labels = np.asanyarray(nib.load(str(first["fixed_labels"])).dataobj)
@@ -324,13 +323,14 @@ def main() -> None:
     print(
         f"\nDice, {'x'.join(map(str, SHAPE))} MNI152 pair in {args.orientation} (1 CSF, 2 GM, 3 WM); "
         "crd register on the CPU; record = the checkpoint's input normalisation (minmax: as imported "
-        "before the fix, none: as now); fed = what the network got"
+        "before the fix, none: as now); fed = the intensities / the array order the network got (reversed: "
+        "SimpleITK's order, as the authors' loaders; stored: nibabel's)"
     )
-    print(f"{'images':19s} {'record':7s} {'options':20s} {'model':13s} {'fed':7s}{tissues} {'fold %':>7s}")
-    print(f"{'before registration':70s}" + "".join(f"{v:7.4f}" for v in before))
+    print(f"{'images':19s} {'record':7s} {'options':22s} {'model':13s} {'fed':16s}{tissues} {'fold %':>7s}")
+    print(f"{'before registration':81s}" + "".join(f"{v:7.4f}" for v in before))
     for images, record, options, model, fed, dice, fold in rows:
         values = "".join(f"{v:7.4f}" for v in dice)
-        print(f"{images:19s} {record:7s} {options:20s} {model:13s} {fed:7s}{values} {fold:7.4f}")
+        print(f"{images:19s} {record:7s} {options:22s} {model:13s} {fed:16s}{values} {fold:7.4f}")
     print(f"total wall time {time.perf_counter() - start:.1f} s")
     if args.explore:
         print()

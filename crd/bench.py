@@ -92,11 +92,11 @@ def _size_name(size: tuple[int, int, int]) -> str:
 
 
 def _build(model_config: dict[str, Any], checkpoint: str | None, device):
-    from crd.models.checkpoint import load_model
+    from crd.models.checkpoint import load_for_inference
     from crd.models.registration import build_model
 
     if checkpoint and Path(checkpoint).is_file():
-        model, _ = load_model(Path(checkpoint), device)
+        model, _ = load_for_inference(Path(checkpoint), device)
         return model, "trained"
     return build_model(model_config).to(device).eval(), "random"
 

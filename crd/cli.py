@@ -113,8 +113,12 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
         how = "bring your own: " + ", ".join(spec.own_files) if spec.bring_your_own else (
             "download " + ", ".join(s.filename for s in spec.sources))
         terms = " (accept_terms required)" if spec.requires_terms else ""
-        print(f"{name}: {spec.title}\n  {how}; {spec.disk}{terms}\n  licence: {spec.license}"
-              f"\n  pairs: {spec.protocol}")
+        print(f"{name}: {spec.title}\n  {how}; {spec.disk}{terms}\n  licence: {spec.license}")
+        protocols = spec.protocols or {"crd-bench": spec.protocol_of({})}
+        for proto in protocols.values():
+            print(f"  protocol {proto.name}: {proto.summary}\n    from: {proto.source}")
+            for deviation in proto.deviations:
+                print(f"    deviation: {deviation}")
         for key, default in spec.options.items():
             print(f"  option {key} (default {default}): {spec.option_help.get(key, '')}")
 
@@ -266,6 +270,7 @@ def _cmd_register(args: argparse.Namespace) -> None:
         device=args.device,
         threads=args.threads,
         normalisation=args.normalisation,
+        array_order=args.array_order,
     )
     print(result.summary())
 
@@ -525,6 +530,13 @@ def _add_register_parser(sub: argparse._SubParsersAction) -> None:
         choices=["minmax", "none"],
         help="intensity scaling before the network (default: what the checkpoint records; none: images already "
         "prepared as the weights expect)",
+    )
+    rg.add_argument(
+        "--array-order",
+        choices=["stored", "reversed"],
+        help="the axis order the network is fed in (default: what the checkpoint records; stored: the file's "
+        "array as nibabel reads it, reversed: its axes reversed, as SimpleITK reads it and the CRD authors' "
+        "weights expect); the outputs are on the files' grid either way",
     )
     rg.set_defaults(func=_cmd_register)
 

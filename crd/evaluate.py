@@ -39,7 +39,7 @@ from crd.atomic import atomic_targets, check_outputs
 from crd.data.layout import Dataset, open_dataset, write_nifti
 from crd.errors import CheckpointError
 from crd.metrics import score_pair
-from crd.models.checkpoint import load_model
+from crd.models.checkpoint import load_for_inference
 from crd.models.functional import warp
 from crd.models.inference import infer
 from crd.models.oracle import GridOracle
@@ -244,7 +244,7 @@ def _load_scored_model(
     if is_oracle and checkpoint is None:
         raise ValueError(f"method {method!r} is an oracle: give the checkpoint of the trained method it restricts")
     if checkpoint is not None:
-        model, payload = load_model(Path(checkpoint), device)
+        model, payload = load_for_inference(Path(checkpoint), device)
         if is_oracle:
             options = {k: v for k, v in model_config.items() if k != "kind"}
             try:
@@ -262,6 +262,13 @@ def _load_scored_model(
     if model_config is not None:
         return build_model(model_config).to(device).eval(), seed, None, {}
     raise ValueError("evaluate needs a checkpoint or a model config")
+
+
+def _protocol_record(info: dict[str, Any]) -> dict[str, Any] | None:
+    """The pair protocol ``dataset.json`` records (name, summary, source, deviations), if any."""
+    generator = info.get("generator")
+    protocol = generator.get("protocol") if isinstance(generator, dict) else None
+    return protocol if isinstance(protocol, dict) else None
 
 
 def _network_method(model: nn.Module) -> ScoredMethod:
@@ -434,6 +441,7 @@ def _sidecar(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "trained_on": trained_on,
         "distance_unit": "voxel" if dataset.info.get("spacing_unit") == "voxel" else "mm",
+        "protocol": _protocol_record(dataset.info),
         "label_names": {str(k): v for k, v in dataset.labels.items()},
         "model": scored.config,
         "params": scored.params,

@@ -36,7 +36,8 @@ import torch.nn as nn
 
 from crd.atomic import check_outputs
 from crd.errors import CheckpointError, CrdError
-from crd.models.checkpoint import load_model
+from crd.models.array_order import ARRAY_ORDERS
+from crd.models.checkpoint import load_for_inference
 from crd.models.functional import warp
 from crd.models.inference import pad_to_multiple, predict_flow
 from crd.profiling import measure, release_freed_memory
@@ -104,6 +105,7 @@ class RegistrationResult:
     cuda_alloc_peak_mb: float | None = None
     nvml_peak_mb: float | None = None
     mean_displacement: float = float("nan")
+    array_order: str = "stored"
     outputs: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -117,7 +119,8 @@ class RegistrationResult:
         shape = "x".join(map(str, self.shape))
         padded = "" if self.padded_shape == self.shape else f" (padded to {'x'.join(map(str, self.padded_shape))})"
         lines = [
-            f"registered {shape}{padded} with {self.method} on {self.device} (normalisation {self.normalisation}): "
+            f"registered {shape}{padded} with {self.method} on {self.device} (normalisation {self.normalisation}, "
+            f"array order {self.array_order}): "
             f"{self.seconds:.2f} s "
             f"(field {self.field_seconds:.2f} s, then warps), {', '.join(memory)}",
             f"mean |u| = {self.mean_displacement:.3f} voxels (length of the displacement, over the fixed grid)",
@@ -297,6 +300,7 @@ def register(
     device: str = "auto",
     threads: int | None = None,
     normalisation: str | None = None,
+    array_order: str | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model in ``checkpoint`` and write the results.
 
@@ -312,6 +316,9 @@ def register(
         normalisation: ``"minmax"`` or ``"none"`` instead of what the checkpoint's ``input`` entry
             says (see :func:`normalise_intensity`): ``"minmax"`` for images that are not in [0, 1]
             (raw scanner intensities), ``"none"`` for images already prepared as the weights expect.
+        array_order: ``"stored"`` or ``"reversed"`` instead of the order the checkpoint records
+            (:mod:`crd.models.array_order`): the images are transposed into it around the network
+            and the field back, so the outputs are always on the files' grid.
 
     An image fed as stored that lies far outside [0, 1] is logged as a one-line warning (logger
     ``crd.register``; also in the result's ``warnings``) and registered all the same.
@@ -321,13 +328,14 @@ def register(
     dtype); not the warm-up, nor reading, normalising or writing files.
     """
     out_warped, out_flow, out_warped_labels = _checked_outputs(
-        checkpoint, fixed, moving, moving_labels, out_warped, out_flow, out_warped_labels, normalisation
+        checkpoint, fixed, moving, moving_labels, out_warped, out_flow, out_warped_labels, normalisation, array_order
     )
     dev = select_device(device)
     configure_threads(threads)
     fixed_img, moving_img, labels_img = _read_inputs(Path(fixed), Path(moving), moving_labels)
-    model, payload = load_model(Path(checkpoint), dev)
+    model, payload = load_for_inference(Path(checkpoint), dev, array_order)
     spec = dict(payload.get("input", {}))
+    order = str(spec["array_order"])
     if normalisation is not None:
         spec["normalisation"] = normalisation
     mode = spec.get("normalisation", DEFAULT_NORMALISATION)
@@ -372,6 +380,7 @@ def register(
         warped_labels=out_warped_labels,
         method=str(payload.get("method")),
         normalisation=str(mode),
+        array_order=order,
         shape=tuple(int(s) for s in fixed_img.shape),  # type: ignore[arg-type]
         padded_shape=run.padded_shape,
         device=str(dev),
@@ -395,6 +404,7 @@ def _checked_outputs(
     out_flow: Path | None,
     out_warped_labels: Path | None,
     normalisation: str | None,
+    array_order: str | None = None,
 ) -> tuple[Path, Path | None, Path | None]:
     """Check the options and outputs before anything is read or written; returns the outputs."""
     out_warped = _check_output(out_warped, "--out-warped")
@@ -405,6 +415,8 @@ def _checked_outputs(
         out_warped_labels = _check_output(out_warped_labels, "--out-warped-labels")
     if normalisation not in (None, *NORMALISATIONS):
         raise InputImageError(f"normalisation {normalisation!r}: expected one of {', '.join(NORMALISATIONS)}")
+    if array_order not in (None, *ARRAY_ORDERS):
+        raise InputImageError(f"array order {array_order!r}: expected one of {', '.join(ARRAY_ORDERS)}")
     check_outputs(
         {"fixed image": fixed, "moving image": moving, "moving labels": moving_labels, "checkpoint": checkpoint},
         {"--out-warped": out_warped, "--out-flow": out_flow, "--out-warped-labels": out_warped_labels},

@@ -40,6 +40,7 @@ from crd.data.layout import Dataset, open_dataset
 from crd.deform import RandomFFD
 from crd.errors import CrdError
 from crd.losses import DistillationLoss, LossTerms, UnsupervisedLoss
+from crd.models.array_order import ORDER_DESCRIPTIONS, STORED, checkpoint_array_order
 from crd.models.checkpoint import atomic_torch_save, load_model, read_checkpoint, save_checkpoint
 from crd.models.contract import DistillableModel
 from crd.models.functional import warp
@@ -184,6 +185,10 @@ def initialise_from(model: nn.Module, checkpoint: Path) -> str:
     width (e.g. ``fst`` from ``hr``): the backbone's weights; the rest keeps its initialisation.
     """
     payload = read_checkpoint(checkpoint)
+    order = checkpoint_array_order(payload, checkpoint)
+    if order != STORED:
+        log.warning("%s: its network was trained in the %s array order; crd train continues it on the dataset's "
+                    "arrays as stored", checkpoint, order)
     source = build_model(payload["model"])
     source.load_state_dict(payload["state_dict"])
     if payload["model"] == model.config:
@@ -593,7 +598,13 @@ def _build_student(model_config: dict[str, Any], init: Path | None, device: torc
 def _load_teacher(teacher: Path, student: nn.Module, method: str, device: torch.device) -> nn.Module:
     """The frozen teacher of a distillation, from the checkpoint ``teacher``, on ``device``;
     teacher and student must both give attention maps (:class:`DistillableModel`)."""
-    teacher_model, _ = load_model(Path(teacher), device)
+    teacher_model, payload = load_model(Path(teacher), device)
+    order = checkpoint_array_order(payload, teacher)
+    if order != STORED:
+        raise CrdError(
+            f"{teacher}: its network expects arrays in the {order} order ({ORDER_DESCRIPTIONS[order]}), but crd train "
+            f"feeds the dataset's arrays as stored: distil from a teacher trained in the stored order"
+        )
     if not isinstance(teacher_model, DistillableModel) or not isinstance(student, DistillableModel):
         raise CrdError(f"distillation needs attention maps from both {teacher} and {method}")
     teacher_model.requires_grad_(False)

@@ -256,6 +256,7 @@ def test_the_input_record_says_images_are_fed_as_stored(random_imports, kind):
     assert "aligned_norm" in record["intensity"] and "0.43" in record["intensity"]
     assert "min-max" not in record["intensity"]
     assert record["flow_channels"] == "D,H,W"
+    assert record["array_order"] == "reversed"  # their loaders read NIfTI with SimpleITK
 
 
 def test_cli_import_official(random_imports, tmp_path, capsys):
@@ -356,3 +357,113 @@ def test_import_never_replaces_the_authors_file(tmp_path):
     with pytest.raises(ValueError, match="is the authors' checkpoint"):
         import_official(src, src, "lr")
     assert src.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------
+# array order: crd register on NIfTI files equals the authors' pipeline on the same files
+# ---------------------------------------------------------------------------------------------
+
+
+def _write_pair(folder, shape, seed=3):
+    """A random smooth pair as NIfTI files, of a shape whose three sides differ (so that the two
+    orders give different grids), with a non-trivial affine."""
+    import nibabel as nib
+    import numpy as np
+
+    fixed, moving = random_pair(shape, seed)
+    affine = np.diag([1.2, 0.9, 1.0, 1.0])
+    affine[:3, 3] = [-10.0, 4.0, 2.5]
+    paths = {}
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        paths[name] = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(image[0, 0].numpy(), affine), str(paths[name]))
+    return paths
+
+
+def _authors_field(state, kind, paths):
+    """The authors' pipeline on the files: SimpleITK's arrays (their load_nii), their network, and
+    their field (x, y, z) brought onto nibabel's (i, j, k) grid: array axes reversed, and channel
+    x (their last array axis, which is nibabel's i) first, as it already is."""
+    import SimpleITK as sitk
+
+    def load_nii(path):
+        return torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))[None, None].float()
+
+    with torch.no_grad():
+        raw = REFERENCE[kind](state, load_nii(paths["fixed"]), load_nii(paths["moving"]))[0]
+    return raw[0].permute(3, 2, 1, 0).numpy()  # (3, k, j, i) -> (i, j, k, 3)
+
+
+@pytest.mark.parametrize("kind", ["lr", "fst"])
+def test_register_with_default_options_equals_the_authors_pipeline(random_imports, tmp_path, kind, capsys):
+    """crd import-official + crd register (default options) on NIfTI files give the field of the
+    authors' network fed as their loaders feed it (SimpleITK's reversed axes); fed in nibabel's
+    order instead (--array-order stored), the field is far from it: the order matters."""
+    import nibabel as nib
+    import numpy as np
+
+    _, dst, state = random_imports[kind]
+    paths = _write_pair(tmp_path, (32, 64, 96))
+    expected = _authors_field(state, kind, paths)
+    fields = {}
+    for order in (None, "stored"):
+        out = tmp_path / f"flow-{order}.nii.gz"
+        args = ["register", "--checkpoint", str(dst), "--fixed", str(paths["fixed"]), "--moving",
+                str(paths["moving"]), "--out-warped", str(tmp_path / f"w-{order}.nii.gz"), "--out-flow", str(out),
+                "--device", "cpu"]
+        assert main(args + (["--array-order", order] if order else [])) == 0
+        fields[order] = np.asarray(nib.load(str(out)).dataobj)
+    assert "array order reversed" in capsys.readouterr().out
+    assert fields[None].shape == expected.shape == (32, 64, 96, 3)
+    assert np.abs(expected).std() > 0.1
+    assert np.abs(fields[None] - expected).max() <= 1e-4
+    assert np.abs(fields["stored"] - expected).max() > 1e-2
+
+
+def test_evaluate_and_bench_load_the_recorded_order(random_imports):
+    """crd evaluate and crd bench load checkpoints through load_for_inference, which wraps a
+    network that expects the reversed order; a crd train checkpoint stays as it is."""
+    from crd.models.array_order import ArrayOrderAdapter
+    from crd.models.checkpoint import load_for_inference
+
+    model, payload = load_for_inference(random_imports["lr"][1])
+    assert isinstance(model, ArrayOrderAdapter) and payload["input"]["array_order"] == "reversed"
+    bare, _ = load_for_inference(random_imports["lr"][1], array_order="stored")
+    assert not isinstance(bare, ArrayOrderAdapter)
+
+
+def test_a_checkpoint_imported_before_the_order_was_recorded_is_fed_the_authors_order(
+    random_imports, tmp_path, caplog
+):
+    """An older import (no array_order in its input entry) still runs as the authors' pipeline,
+    with one line telling the user to re-import it; a crd train checkpoint without the entry is
+    fed as stored, silently."""
+    from crd.models.checkpoint import atomic_torch_save, load_for_inference
+
+    payload = read_checkpoint(random_imports["fst"][1])
+    del payload["input"]["array_order"]
+    old = tmp_path / "old-import.pt"
+    atomic_torch_save(payload, old)
+    with caplog.at_level("WARNING"):
+        _, loaded = load_for_inference(old)
+    assert loaded["input"]["array_order"] == "reversed"
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "re-import" in lines[0].lower() and str(old) in lines[0]
+    payload["training"] = {"settings": {"seed": 0}}
+    trained = tmp_path / "trained.pt"
+    atomic_torch_save(payload, trained)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _, loaded = load_for_inference(trained)
+    assert loaded["input"]["array_order"] == "stored" and not caplog.records
+
+
+def test_crd_train_refuses_a_teacher_that_expects_another_order(random_imports):
+    """crd train feeds the dataset's arrays as stored; the authors' teacher expects them reversed."""
+    from crd.errors import CrdError
+    from crd.models.registration import build_model
+    from crd.train import _load_teacher
+
+    student = build_model({"kind": "lowres", "width": 1.0, "factor": 2})
+    with pytest.raises(CrdError, match="expects arrays in the reversed order"):
+        _load_teacher(random_imports["fst"][1], student, "crd", torch.device("cpu"))

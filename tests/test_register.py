@@ -16,7 +16,7 @@ from scipy import ndimage
 from crd.atomic import OutputClashError
 from crd.cli import main
 from crd.errors import CheckpointError
-from crd.models.checkpoint import load_model, save_checkpoint
+from crd.models.checkpoint import load_for_inference, save_checkpoint
 from crd.models.functional import warp
 from crd.models.official import OFFICIAL_PREFIX, expected_shapes, import_official
 from crd.models.registration import IdentityNet, LowResolutionNet
@@ -219,7 +219,7 @@ def _checkpoint_recording(tmp_path, record):
     ``crd train`` writes it, with no normalisation), or the importer's (``"official"``)."""
     if record == "official":
         ckpt = random_official_checkpoint(tmp_path / "official.pt")
-        return load_model(ckpt)[0], ckpt
+        return load_for_inference(ckpt)[0], ckpt  # fed in the recorded (authors') array order
     torch.manual_seed(2)
     model = with_visible_field(LowResolutionNet(width=0.25), seed=2).eval()
     spec = None if record is None else {"intensity": "test", "normalisation": record}
@@ -311,7 +311,7 @@ def test_cli_warning_is_one_line_on_stderr(tmp_path):
     hi = nib.load(str(moving)).get_fdata().max()
     assert lines[0].startswith(f"crd register: warning: moving {moving}: intensities span [0, {hi:.4g}]")
     assert lines[0].endswith("pass --normalisation minmax, or scale the images to [0, 1] first")
-    assert "(normalisation none)" in done.stdout
+    assert "(normalisation none, array order stored)" in done.stdout
 
 
 @pytest.mark.parametrize("shape, multiple", [((40, 50, 36), 32), ((5, 16, 17), 16), ((3, 4, 5), 1)])
@@ -342,7 +342,8 @@ def test_cli_round_trip_prints_time_and_memory(tmp_path, pair, capsys):
     argv = ["register", "--checkpoint", str(ckpt), "--fixed", str(pair["fixed"]), "--moving", str(pair["moving"])]
     assert main([*argv, "--out-warped", str(out / "w.nii"), "--device", "cpu", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "registered 40x50x36 with identity on cpu (normalisation none):" in printed and " s (field " in printed
+    assert "registered 40x50x36 with identity on cpu (normalisation none, array order stored):" in printed
+    assert " s (field " in printed
     assert "peak RSS" in printed and f"wrote {out / 'w.nii'}" in printed
     assert sorted(p.name for p in out.iterdir()) == ["w.nii"]  # no temporary files left
 

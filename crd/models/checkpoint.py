@@ -20,13 +20,13 @@ from crd.atomic import atomic_target
 from crd.errors import CheckpointError
 from crd.models.registration import build_model
 
-__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "load_model", "atomic_torch_save"]
+__all__ = ["FORMAT", "save_checkpoint", "read_checkpoint", "load_model", "load_for_inference", "atomic_torch_save"]
 
 FORMAT = "crd-bench-checkpoint"
 FORMAT_VERSION = 1
 
 #: how crd-bench datasets feed images to the networks (recorded in every checkpoint)
-DEFAULT_INPUT = {"intensity": "dataset images scaled to [0, 1]", "flow_channels": "D,H,W"}
+DEFAULT_INPUT = {"intensity": "dataset images scaled to [0, 1]", "flow_channels": "D,H,W", "array_order": "stored"}
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -107,3 +107,22 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Modul
         reason = reason if len(reason) <= 300 else reason[:297] + "..."
         raise CheckpointError(f"{path}: weights do not fit model {payload['model']}: {reason}") from None
     return model.to(device).eval(), payload
+
+
+def load_for_inference(
+    path: Path, device: torch.device | str = "cpu", array_order: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``path`` ready to register arrays in the stored order (as nibabel reads them).
+
+    Like :func:`load_model`, but a network that expects another array order (the checkpoint's
+    ``input`` entry, :func:`crd.models.array_order.checkpoint_array_order`; ``array_order``
+    overrides it) is wrapped in :class:`crd.models.array_order.ArrayOrderAdapter`, which
+    transposes the images into its order and its field back. ``crd register``, ``crd evaluate``
+    and ``crd bench`` load checkpoints so. The payload's ``input`` entry returned says the order
+    used (``array_order``)."""
+    from crd.models.array_order import checkpoint_array_order, in_array_order
+
+    model, payload = load_model(path, device)
+    order = array_order if array_order is not None else checkpoint_array_order(payload, path)
+    payload["input"] = {**(payload.get("input") or {}), "array_order": order}
+    return in_array_order(model, order).eval(), payload

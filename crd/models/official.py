@@ -19,6 +19,12 @@ imported model needs no special case when it runs:
   reversed so that the model outputs (D, H, W), in voxels, as every crd-bench model does. Their
   warping convention (``moving(p + u(p))``, ``align_corners=True``) and call order
   ``(fixed, moving)`` already equal ours;
+- array order: the authors' loaders read every NIfTI with SimpleITK (``sitk.GetArrayFromImage``),
+  whose axes are the reverse of nibabel's, so their OASIS networks saw ``aligned_norm`` as
+  224x192x160. The checkpoint's ``input`` entry records ``"array_order": "reversed"``, and
+  ``crd register`` / ``crd evaluate`` / ``crd bench`` transpose the images into that order around
+  the network and the field back (:mod:`crd.models.array_order`), so that the default path equals
+  the authors' pipeline on the same files;
 - input intensities: recorded in the checkpoint's ``input`` entry (:data:`INPUT_SPEC`), which
   ``crd register`` follows by default. The images are fed as stored, with no rescaling: the
   authors' data loaders ``OasisTrain`` and ``OasisTest`` (``core/datasets.py`` of their
@@ -113,7 +119,7 @@ RELEASES: dict[str, OfficialRelease] = {
 #: how the released weights expect their input (recorded as the checkpoint's ``input`` entry and
 #: applied by ``crd register``): OASIS neurite-oasis ``aligned_norm`` images fed as stored, as the
 #: authors' ``OasisTrain`` / ``OasisTest`` do (they read the NIfTI and convert it to float, no
-#: rescaling; see the module docstring).
+#: rescaling), with the array axes reversed as SimpleITK reads them (see the module docstring).
 INPUT_SPEC: dict[str, Any] = {
     "intensity": (
         "fed as stored: OASIS aligned_norm (FreeSurfer norm.mgz scaled into [0, 1], white matter near "
@@ -121,6 +127,7 @@ INPUT_SPEC: dict[str, Any] = {
     ),
     "normalisation": "none",
     "flow_channels": "D,H,W",
+    "array_order": "reversed",
     "trained_on": "OASIS (neurite-oasis aligned_norm), 160x192x224 voxels of 1 mm, affinely aligned brains",
 }
 
@@ -303,7 +310,8 @@ def import_official(src: Path, dst: Path, kind: Literal["lr", "fst"]) -> Path:
         "license": f"weights from {_UPSTREAM_REPO}, not redistributed by crd-bench (no license file accompanies them)",
         "conversion": (
             f"prefix {OFFICIAL_PREFIX!r} removed; output channels of {', '.join(FLOW_HEADS)} reversed "
-            "from (W, H, D) to (D, H, W)"
+            "from (W, H, D) to (D, H, W) of the network's arrays, which are in the reversed order (SimpleITK's, "
+            "as the authors' loaders read NIfTI): input array_order 'reversed'"
         ),
     }
     return save_checkpoint(dst, model, method=release.method, training=training, input_spec=INPUT_SPEC)
