@@ -454,3 +454,22 @@ def test_the_per_label_plot_names_structures_and_a_distant_classical_method_gets
     data[2] = data[2] - 0.25  # within the networks' range: one axis
     assert plots._far_apart(results, data) == [False, False, False]
     assert plots.pair_distribution(results, plots.colours([r.method for r in results]))
+
+
+def test_the_dataset_header_names_its_protocol_and_unvalidated_training(tmp_path):
+    """The protocol dataset.json records reaches the report through the sidecars (name, source,
+    deviations); methods trained with no validation pairs are named: their plateau is unknown."""
+    tables = make_tables(tmp_path, {"ds": PROFILE})
+    protocol = {"name": "paper", "summary": "atlas S01 fixed; the first 27 train, the last 12 test",
+                "source": "BlaiseBrain/CRD_registration core/datasets.py: BrainTrain", "deviations": ["sorted here"]}
+    for csv in tables:
+        sidecar = json.loads(csv.with_suffix(".json").read_text())
+        csv.with_suffix(".json").write_text(json.dumps({**sidecar, "protocol": protocol}))
+    history = make_history(tmp_path / "h", "ds", "hr")
+    frame = pd.read_csv(history)
+    frame.loc[frame["metric"] == "val_dice", "metric"] = "loss"  # a run with no validation pairs
+    frame.to_csv(history, index=False)
+    html = build_report(tables, tmp_path / "r.html", histories=[history]).read_text()
+    assert ("Pairs: protocol <b>paper</b>: atlas S01 fixed; the first 27 train, the last 12 test (from "
+            "BlaiseBrain/CRD_registration core/datasets.py: BrainTrain). Deviations from it: sorted here.") in html
+    assert "hr: trained with no validation pairs (the dataset&#39;s protocol has none)" in html

@@ -346,6 +346,13 @@ def test_test_only_sets_need_train_on(tmp_path):
     out = snakemake(tmp_path, _public_config(sliver={"source": "sliver"}), "-n")
     assert out.returncode != 0
     assert "sliver is a test-only set; set train_on" in out.stdout + out.stderr
+    assert "(or preprocess: {protocol: paper}, which trains on it)" in out.stdout + out.stderr
+    # under the paper's protocol SLIVER has training pairs of its own (the authors' first 270)
+    paper = _public_config(sliver={"source": "sliver", "preprocess": {"protocol": "paper"}},
+                           lspig={"source": "lspig", "train_on": "sliver"})  # fmt: skip
+    out = snakemake(tmp_path, paper, "-n")
+    assert out.returncode == 0, out.stderr
+    assert "sliver/seed0/models/crd.pt" in out.stdout + out.stderr
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ the two, and the config schema's ``source`` list, in agreement.
 
 from __future__ import annotations
 
-__all__ = ["GENERATED", "DOWNLOADED", "BRING_YOUR_OWN", "TEST_ONLY", "SOURCES"]
+__all__ = ["GENERATED", "DOWNLOADED", "BRING_YOUR_OWN", "TEST_ONLY", "TRAINS_UNDER", "SOURCES"]
 
 GENERATED: tuple[str, ...] = ("synth",)
 """Generated offline by ``crd generate``."""
@@ -19,7 +19,12 @@ BRING_YOUR_OWN: tuple[str, ...] = ("sliver", "lspig")
 """Read from files the user places in the dataset's ``path`` (no public download)."""
 
 TEST_ONLY: tuple[str, ...] = ("sliver", "lspig")
-"""Only test pairs: evaluated with the models of the dataset named by ``train_on``."""
+"""Only test pairs: evaluated with the models of the dataset named by ``train_on`` (unless its
+``protocol`` is one of :data:`TRAINS_UNDER`)."""
+
+TRAINS_UNDER: dict[str, tuple[str, ...]] = {"sliver": ("paper",)}
+"""Test-only sources that have training pairs of their own under these protocols (SLIVER under
+the paper's: the authors train on its first 270 ordered pairs)."""
 
 SOURCES: tuple[str, ...] = GENERATED + DOWNLOADED + BRING_YOUR_OWN
 """Every value of a dataset's ``source`` in the config."""

@@ -578,6 +578,24 @@ def _load_tables(tables: list[Path]) -> dict[str, dict[str, list[Table]]]:
     return grouped
 
 
+def _protocol(results: list[MethodResult]) -> dict[str, Any] | None:
+    """The pair protocol the evaluation sidecars record for this dataset (the first one found)."""
+    return next((t.sidecar["protocol"] for r in results for t in r.tables if t.sidecar.get("protocol")), None)
+
+
+def _unvalidated_note(history: pd.DataFrame | None) -> list[str]:
+    """A note naming the trained methods whose histories hold no validation Dice (e.g. under a
+    protocol with no validation pairs): their plateau cannot be judged."""
+    if history is None or history.empty:
+        return []
+    validated = set(history.loc[history["metric"] == "val_dice", "method"])
+    blind = [m for m in dict.fromkeys(history["method"]) if m not in validated]
+    if not blind:
+        return []
+    return [", ".join(blind) + ": trained with no validation pairs (the dataset's protocol has none), so whether "
+            "they had reached a plateau is not measured; their comparisons may be at any point of training."]
+
+
 def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | None) -> list[str]:
     notes = [f"{r.method}: {n}" for r in results for n in r.notes]
     notes += [f"{r.method}: {r.memory_note}." for r in results if r.memory_note]
@@ -621,6 +639,7 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
     ceiling_rows = ceilings(by_name)
     runs = convergence_table(history) if history is not None else []
     unsettled = _unsettled(runs)
+    notes = _dataset_notes(name, results, base) + _unvalidated_note(history)
     sentences = [
         _sentence([c for c in rows if (c.a, c.b) == (a, b)], by_name[a], by_name[b], unsettled,
                   [c for c in ceiling_rows if c.student == a and b == FLOOR])
@@ -644,7 +663,8 @@ def _section(name: str, by_method: dict[str, list[Table]], baseline: str, colour
         "oracles": list(oracles),
         "training": _training_rows(runs),
         "unsettled": unsettled,
-        "notes": _dataset_notes(name, results, base),
+        "notes": notes,
+        "protocol": _protocol(results),
         "plot_pairs": plots.pair_distribution(results, colours),
         "plot_curves": plots.training_curves(history, colours, list(by_name)) if history is not None else None,
         "plot_time": plots.scatter(results, "time_s", "inference time per pair (s)", colours, "Dice vs inference time"),

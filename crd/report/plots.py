@@ -329,8 +329,8 @@ def training_curves(history: pd.DataFrame, colours: dict[str, Any], methods: lis
     histories (``crd.tidy.HISTORY_COLUMNS``): the mean over seeds, each seed a thin line; with a
     third panel of the distillation terms' magnitudes (flow and attention MSE, log scale) when a
     distilled method is present."""
-    if history.empty:
-        return None
+    if history.empty or not (history["metric"] == "val_dice").any():
+        return None  # no validation pairs (a protocol without them): nothing to draw; the notes say so
     wanted = [m for m in methods if m in set(history["method"])]
     distilled = [m for m in wanted if "flow_mse" in set(history.loc[history["method"] == m, "metric"])]
     panels = [("val_dice", "validation Dice"), ("val_loss", "validation loss (−NCC + smoothness)")]

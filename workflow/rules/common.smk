@@ -84,10 +84,14 @@ def _check_datasets():
             )
         if other is not None and config["datasets"][other].get("train_on"):
             raise WorkflowError(f"invalid configuration: datasets.{name}.train_on: {other!r} itself has train_on")
-        if spec["source"] in catalog.TEST_ONLY and other is None:
+        protocol = (spec.get("preprocess") or {}).get("protocol")
+        trains = protocol in catalog.TRAINS_UNDER.get(spec["source"], ())
+        if spec["source"] in catalog.TEST_ONLY and other is None and not trains:
+            under = "".join(f" (or preprocess: {{protocol: {p}}}, which trains on it)"
+                            for p in catalog.TRAINS_UNDER.get(spec["source"], ()))
             raise WorkflowError(
                 f"invalid configuration: datasets.{name}: {spec['source']} is a test-only set; "
-                f"set train_on to the dataset whose models it evaluates (e.g. lits)"
+                f"set train_on to the dataset whose models it evaluates (e.g. lits){under}"
             )
         if spec["source"] not in catalog.GENERATED and "generate" in spec:
             raise WorkflowError(f"invalid configuration: datasets.{name}.generate applies to source synth only")

@@ -120,7 +120,8 @@ SPEC = _AbdomenCTCT(
         "window": "intensity window [low, high] in Hounsfield units, mapped to [0, 1]",
         "val": "validation subjects, taken from those in no test pair (consecutive pairs)",
     },
-    protocol="inter-subject; test: Learn2Reg's validation pairs (45 pairs of 10 subjects)",
+    protocol="Learn2Reg 2021's (AbdomenCTCT is not one of the paper's datasets): inter-subject; test: "
+    "Learn2Reg's validation pairs (45 pairs of 10 subjects)",
     disk="0.9 GB download + 0.5 GB prepared",
     time="minutes",
     intensity="HU window [-160, 240] (soft tissue, level 40 width 400) mapped to [0, 1]",

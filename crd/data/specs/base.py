@@ -19,6 +19,9 @@ from crd.errors import CrdError
 
 __all__ = [
     "DatasetSpec",
+    "Protocol",
+    "CRD_BENCH",
+    "PAPER",
     "Subject",
     "SpecError",
     "inter_subject_pairs",
@@ -29,6 +32,34 @@ __all__ = [
 
 class SpecError(CrdError):
     """Bad preprocessing options or a source that does not look like the dataset."""
+
+
+CRD_BENCH = "crd-bench"
+PAPER = "paper"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One way of forming a dataset's splits and pairs (a dataset's ``protocol`` option).
+
+    Attributes:
+        name: ``"paper"`` (the CRD authors' protocol, from their code) or ``"crd-bench"`` (ours).
+        summary: how the train/val/test pairs are formed, one line.
+        source: where it comes from: the file and function of the authors' (or another) code, or
+            "crd-bench" for our own.
+        deviations: where crd-bench does not follow ``source`` and why, one line each (README
+            protocol table, ``dataset.json``, the report's dataset header).
+    """
+
+    name: str
+    summary: str
+    source: str
+    deviations: tuple[str, ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        """The protocol as ``dataset.json`` and the metrics sidecars record it."""
+        return {"name": self.name, "summary": self.summary, "source": self.source,
+                "deviations": list(self.deviations)}  # fmt: skip
 
 
 @dataclass
@@ -60,10 +91,15 @@ class DatasetSpec:
         labels: label value -> structure name, in the preprocessed label maps.
         options: preprocessing options and their defaults (``preprocess:`` in the config).
         option_help: one line per option.
-        protocol: how train/val/test pairs are formed, one line.
+        protocol: how train/val/test pairs are formed, one line (crd-bench's protocol).
         disk: disk space needed (download + prepared), for the README.
         time: rough preparation time, for the README.
         notes: what is confirmed and what is not about the sources (provenance).
+        intensity: how intensities are scaled, one line.
+        extra: further keys recorded verbatim in ``dataset.json``.
+        protocols: the protocols the ``protocol`` option chooses from (empty: crd-bench's only,
+            described by ``protocol``).
+        fixed_options: protocol name -> the options it fixes (e.g. the paper's split sizes).
     """
 
     name: str
@@ -84,10 +120,19 @@ class DatasetSpec:
     notes: str = ""
     intensity: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    protocols: Mapping[str, Protocol] = field(default_factory=dict)
+    fixed_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def bring_your_own(self) -> bool:
         return not self.sources
+
+    def protocol_of(self, opts: Mapping[str, Any]) -> Protocol:
+        """The :class:`Protocol` that resolved options ``opts`` select (``opts["protocol"]``; a
+        spec without that option has one protocol, crd-bench's, described by ``protocol``)."""
+        if not self.protocols:
+            return Protocol(CRD_BENCH, self.protocol, "crd-bench")
+        return self.protocols[opts["protocol"]]
 
     def resolve_options(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """The defaults updated with ``given``; an unknown key is a :class:`SpecError`."""
@@ -98,7 +143,26 @@ class DatasetSpec:
                 f"{self.name}: unknown preprocess option(s) {', '.join(unknown)}; valid: "
                 f"{', '.join(sorted(self.options))}"
             )
-        return {**self.options, **given}
+        resolved = {**self.options, **given}
+        if self.protocols and resolved.get("protocol") not in self.protocols:
+            raise SpecError(
+                f"{self.name}: unknown protocol {resolved.get('protocol')!r}; valid: {', '.join(self.protocols)}"
+            )
+        return self.fix_protocol_options(given, resolved)
+
+    def fix_protocol_options(self, given: Mapping[str, Any], resolved: dict[str, Any]) -> dict[str, Any]:
+        """Options a protocol fixes (e.g. the paper's split sizes), from ``fixed_options``
+        (protocol name -> {option: value}): set in ``resolved``; a ``given`` value that contradicts
+        them is a :class:`SpecError` naming both."""
+        fixed = dict(self.fixed_options.get(resolved.get("protocol"), {}))
+        for key, value in fixed.items():
+            if key in given and given[key] != value:
+                raise SpecError(
+                    f"{self.name}: protocol {resolved['protocol']} fixes {key} = {value!r} (as the authors' code), "
+                    f"but {key} = {given[key]!r} was given; drop {key}, or use protocol {CRD_BENCH}"
+                )
+            resolved[key] = value
+        return resolved
 
     def own_sources(self, folder: Path) -> dict[str, Path] | None:
         """Bring-your-own: the files to read in ``folder`` (``file name -> path``), or ``None``

@@ -118,7 +118,8 @@ SPEC = _Lits(
         "test": "test subjects (consecutive pairs)",
         "seed": "seed of the subject shuffle before splitting",
     },
-    protocol="inter-subject, seeded split; test: consecutive pairs of the test subjects",
+    protocol="crd-bench's own (LiTS is not one of the paper's datasets): inter-subject, seeded split; test: "
+    "consecutive pairs of the test subjects",
     disk="28 GB download + 1 GB prepared",
     time="download hours; preparation ~15 min on 8 cores",
     intensity="HU window [-25, 265] (RCN's level 120, width 290) mapped to [0, 1]",

@@ -12,10 +12,23 @@ liver, ``shape``, HU ``window``), so distances stay in millimetres::
     lspig_val.h5    17 pigs, pre/after-gas scans, e.g. "2017_02_pregas", "2017_02_aftergas"
 
 The HDF5 files carry no voxel spacing (RCN stretched each liver crop to 128^3), so distances
-(HD95) are then in voxel units, as ``dataset.json`` says (``spacing_unit``). Both sets are for
-testing only (every pair is a test pair); the models come from the dataset named by
-``train_on`` in the config (``lits`` in the paper-scale configurations). SLIVER: every ordered
-pair of scans. LSPIG: the pre-gas and after-gas scans of the same pig, in both directions.
+(HD95) are then in voxel units, as ``dataset.json`` says (``spacing_unit``).
+
+Pairs. SLIVER (option ``protocol``):
+
+- ``crd-bench`` (default): test only, every ordered pair of scans; the models come from the
+  dataset named by ``train_on`` in the config (e.g. ``lits``);
+- ``paper``: the authors' ``LiverTrain`` / ``LiverTest`` (``core/datasets.py`` of
+  BlaiseBrain/CRD_registration: ``generate_pairs`` keeps the first 270 of the ordered pairs
+  ``(scan i, scan j), i != j`` in scan order, ``generate_pairs_val`` the rest: 72 of 342 for
+  the 19 scans of ``sliver_val.h5``), no validation. The split is by pair, not by scan: every
+  test pair's scans are also in training pairs. Their scan order is ``os.listdir``'s
+  (file-system dependent); here the scans are sorted by number.
+
+LSPIG (the authors' ``LspigTest``, ``generate_lspig_val``; RCN's ``lspig-val`` with
+``--paired``): the scans sorted by id, each pig's after-gas and pre-gas scans registered in both
+directions (after-gas fixed first); test only, models from ``train_on`` (the authors': their
+SLIVER model).
 """
 
 from __future__ import annotations
@@ -27,9 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from crd.data.specs.base import DatasetSpec, SpecError, Subject
+from crd.data.specs.base import CRD_BENCH, PAPER, DatasetSpec, Protocol, SpecError, Subject
 
 _RCN = "https://github.com/microsoft/Recursive-Cascaded-Networks#datasets"
+
+#: the authors' LiverTrain keeps the first 270 ordered pairs of sliver_val (their comment: 342 = 19 x 18)
+PAPER_SLIVER_TRAIN_PAIRS = 270
+
+
+def scan_order(ids: Sequence[str]) -> list[str]:
+    """Scan ids sorted by number when every id is a number ("1", "2", ..., "20"), else as strings."""
+    return sorted(ids, key=int) if all(i.isdigit() for i in ids) else sorted(ids)
 _PIG = re.compile(r"^(.+)_(pregas|aftergas)$")
 
 
@@ -154,11 +175,20 @@ class _RcnLiver(DatasetSpec):
             for pig in sorted(pigs):
                 if len(pigs[pig]) == 2:
                     pre, after = pigs[pig]["pregas"], pigs[pig]["aftergas"]
-                    rows += [("test", pre, after), ("test", after, pre)]
+                    rows += [("test", after, pre), ("test", pre, after)]
             if not rows:
                 raise SpecError(f"{src.label}: no pig with both <id>_pregas and <id>_aftergas")
             return rows
-        return [("test", f, m) for f in ids for m in ids if f != m]
+        scans = scan_order(ids)
+        ordered = [(f, m) for f in scans for m in scans if f != m]
+        if opts.get("protocol") != PAPER:
+            return [("test", f, m) for f, m in ordered]
+        if len(ordered) <= PAPER_SLIVER_TRAIN_PAIRS:
+            raise SpecError(f"{src.label}: protocol paper trains on the first {PAPER_SLIVER_TRAIN_PAIRS} ordered "
+                            f"pairs and tests on the rest, but {len(scans)} scans give {len(ordered)} pairs "
+                            f"(the authors' sliver_val.h5 has 19: 342)")  # fmt: skip
+        split = PAPER_SLIVER_TRAIN_PAIRS
+        return [("train", f, m) for f, m in ordered[:split]] + [("test", f, m) for f, m in ordered[split:]]
 
     def load(self, src: _H5Scans | _MhdScans, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
         if isinstance(src, _MhdScans):
@@ -196,11 +226,26 @@ SLIVER = _RcnLiver(
         "training scans (liver-orig001.mhd + .raw, liver-seg001.mhd + .raw, ...)."
     ),
     protocol="test only: every ordered pair of scans (models from `train_on`)",
+    protocols={
+        CRD_BENCH: Protocol(CRD_BENCH, "test only: every ordered pair of scans (models from `train_on`)",
+                            "crd-bench"),  # fmt: skip
+        PAPER: Protocol(
+            PAPER,
+            "the ordered pairs (scan i, scan j), i != j, scans sorted by number: the first 270 train, the rest "
+            "test (72 of 342 for 19 scans); pairs share scans across the split; no validation",
+            "BlaiseBrain/CRD_registration core/datasets.py: LiverTrain (generate_pairs [:270]), "
+            "LiverTest (generate_pairs_val [270:])",
+            ("the authors' scan order is os.listdir's of their sliver_val folder (file-system dependent): "
+             "sorted by scan number here",),  # fmt: skip
+        ),
+    },
     notes="HDF5 layout from RCN's data_util/liver.py; originals read as MetaImage; no checksum "
     "published.",
     labels={1: "liver"},
-    options={"shape": [128, 128, 128], "box_mm": [256.0, 256.0, 256.0], "window": [-25.0, 265.0]},
+    options={"protocol": CRD_BENCH, "shape": [128, 128, 128], "box_mm": [256.0, 256.0, 256.0],
+             "window": [-25.0, 265.0]},  # fmt: skip
     option_help={
+        "protocol": "crd-bench (default: test only) or paper (the authors' first 270 pairs train, the rest test)",
         "shape": "original scans only: output size (D, H, W), as lits",
         "box_mm": "original scans only: box centred on the liver, mm, as lits",
         "window": "original scans only: HU window mapped to [0, 1], as lits",
@@ -220,7 +265,17 @@ LSPIG = _RcnLiver(
     "Registration, ICCV 2019",
     own_files=("lspig_val.h5",),
     instructions=f"Get lspig_val.h5 from the recursive cascaded networks' dataset links ({_RCN}).",
-    protocol="test only: pre-gas <-> after-gas scans of the same pig, both directions",
+    protocol="test only: after-gas <-> pre-gas scans of the same pig, both directions",
+    protocols={
+        PAPER: Protocol(
+            PAPER,
+            "test only: each pig's after-gas and pre-gas scans, both directions (after-gas fixed first), pigs "
+            "sorted; models from `train_on`",
+            "BlaiseBrain/CRD_registration core/datasets.py: LspigTest (generate_lspig_val); RCN's lspig-val "
+            "with --paired",
+        ),
+    },
     notes="HDF5 layout and <pig>_pregas/<pig>_aftergas ids from RCN's datasets/liver.json.",
-    **_COMMON,
+    **{**_COMMON, "options": {"protocol": PAPER},
+       "option_help": {"protocol": "paper (the only one: the authors' pairs, which crd-bench uses too)"}},
 )

@@ -8,13 +8,22 @@ Archive (a zip holding a zip)::
         LPBA40/delineation_space/S01/S01.delineation.structure.label.hdr (+ .img.gz)
         ...
 
-Preprocessing (the atlas-based protocol of the paper, as in the recursive cascaded networks line
-of work, at 128^3): one common box for all subjects (they share the delineation space): the
+Preprocessing (crd-bench's own, from the LONI zip, at 128^3 as the recursive cascaded networks'
+preprocessed ``lpba_val.h5`` the authors read): one common box for all subjects (they share the delineation space): the
 bounding box of the union of the skull-stripped brains plus ``margin_mm``, made a cube (so the
 output voxels are isotropic), resampled to ``shape`` (trilinear with anti-aliasing for the image,
 nearest for the labels); intensities divided by the 99.5th percentile of the brain and clipped to
-[0, 1]. Pairs: ``atlas`` (S01) is always fixed; the last ``test`` subjects are the test moving
-images, the ``val`` before them validation, the rest training.
+[0, 1]. Pairs (option ``protocol``): ``atlas`` (S01) is always fixed, every other subject is a
+moving image, in id order:
+
+- ``crd-bench`` (default): the last ``test`` subjects are the test moving images, the ``val``
+  before them validation, the rest training;
+- ``paper``: the authors' ``BrainTrain`` / ``BrainTest`` (``core/datasets.py`` of
+  BlaiseBrain/CRD_registration: ``generate_atlas(...)[:27]`` trains, ``generate_atlas_val(...)[27:]``
+  tests): the first 27 moving images train (S02-S28), the last 12 test (S29-S40), no validation
+  (``val`` 0 and ``test`` 12 fixed). Their order is ``os.listdir``'s (file-system dependent);
+  sorted here. Their images are RCN's ``lpba_val.h5`` divided by 255, which crd-bench does not
+  read: the intensities and grid are this module's preprocessing (a named deviation).
 """
 
 from __future__ import annotations
@@ -29,7 +38,16 @@ import numpy as np
 from crd.data.archive import Archive
 from crd.data.download import Source
 from crd.data.preprocess import foreground_box, resample_box, scale_to_unit
-from crd.data.specs.base import DatasetSpec, SpecError, Subject, atlas_pairs, split_subjects
+from crd.data.specs.base import (
+    CRD_BENCH,
+    PAPER,
+    DatasetSpec,
+    Protocol,
+    SpecError,
+    Subject,
+    atlas_pairs,
+    split_subjects,
+)
 
 _INNER = re.compile(r"(^|/)LPBA40subjects\.delineation_space\.zip$")
 _SUBJECT = re.compile(r"^LPBA40/delineation_space/(S\d\d)/\1\.delineation\.skullstripped\.hdr$")
@@ -142,15 +160,38 @@ SPEC = _Lpba40(
     ),
     requires_terms=True,
     labels=LABELS,
-    options={"shape": [128, 128, 128], "margin_mm": 4.0, "atlas": "S01", "val": 3, "test": 10},
+    options={"protocol": CRD_BENCH, "shape": [128, 128, 128], "margin_mm": 4.0, "atlas": "S01", "val": 3,
+             "test": 10},  # fmt: skip
     option_help={
+        "protocol": "crd-bench (default) or paper (the authors' 27 training / 12 test moving images, no validation)",
         "shape": "output size (D, H, W); multiples of 32 for the fst and the x2 students",
         "margin_mm": "margin around the union of the brains, mm",
         "atlas": "the fixed image of every pair",
-        "val": "validation subjects (moving), just before the test subjects",
-        "test": "test subjects (moving): the last ids",
+        "val": "validation subjects (moving), just before the test subjects (paper: 0)",
+        "test": "test subjects (moving): the last ids (paper: 12)",
     },
     protocol="atlas-based: S01 fixed; moving = each other subject (test: the last `test` ids)",
+    protocols={
+        CRD_BENCH: Protocol(
+            CRD_BENCH,
+            "atlas S01 fixed; moving, in id order: training S02-S27, val S28-S30 (`val` 3), test S31-S40 (`test` 10)",
+            "crd-bench",
+        ),
+        PAPER: Protocol(
+            PAPER,
+            "atlas S01 fixed; moving, in id order: the first 27 train (S02-S28), the last 12 test (S29-S40); "
+            "no validation",
+            "BlaiseBrain/CRD_registration core/datasets.py: BrainTrain (generate_atlas [:27]), "
+            "BrainTest (generate_atlas_val [27:])",
+            (
+                "the authors' order is os.listdir's (file-system dependent): sorted here",
+                "images from the LONI zip with crd-bench's preprocessing (common brain box, 128^3, 99.5th "
+                "percentile); the authors read RCN's preprocessed lpba_val.h5 divided by 255",
+                "arrays in nibabel's order; the authors' loaders read SimpleITK's (axes reversed)",
+            ),
+        ),
+    },
+    fixed_options={PAPER: {"val": 0, "test": 12}},
     disk="0.3 GB download + 0.2 GB prepared",
     time="minutes",
     intensity="divided by the 99.5th percentile of the skull-stripped brain, clipped to [0, 1]",

@@ -7,11 +7,19 @@ Archive (one uncompressed tar, subject folders at its top level)::
     OASIS_OAS1_0001_MR1/aligned_seg35.nii.gz   labels 0..35
     ...
 
-Preprocessing: none beyond clipping to [0, 1]. The arrays stay as stored (no reorientation), so
-the authors' released OASIS weights apply unchanged. Pairs: the last ``test`` subjects in id order
-give the test pairs as consecutive pairs (Learn2Reg 2021's OASIS validation pairs are the 19
-consecutive pairs of OAS1_0438..0457, the last 20 ids); the ``val`` subjects before them give the
-validation pairs; every ordered pair of the rest is a training pair.
+Preprocessing: none beyond clipping to [0, 1]. The arrays stay as stored (no reorientation).
+Pairs (option ``protocol``):
+
+- ``crd-bench`` (default): the last ``test`` subjects in id order give the test pairs as
+  consecutive pairs (Learn2Reg 2021's OASIS validation pairs are the 19 consecutive pairs of
+  OAS1_0438..0457, the last 20 ids); the ``val`` subjects before them give the validation pairs;
+  every ordered pair of the rest is a training pair.
+- ``paper``: the authors' ``OasisTrain`` / ``OasisTest`` (``core/datasets.py`` of
+  BlaiseBrain/CRD_registration: ``generate_oasis_pairs``, every ordered pair of the training
+  subjects; ``generate_oasis_pairs_val``, consecutive pairs of the test subjects sorted by their
+  4-digit id), with no validation subjects (``val`` fixed to 0). Which subjects their
+  ``oasis_train`` and ``oasis_val`` folders held is not published: the test subjects are the last
+  ``test`` ids, as in ``crd-bench``.
 """
 
 from __future__ import annotations
@@ -25,7 +33,16 @@ import numpy as np
 
 from crd.data.archive import Archive
 from crd.data.download import Source
-from crd.data.specs.base import DatasetSpec, SpecError, Subject, inter_subject_pairs, split_subjects
+from crd.data.specs.base import (
+    CRD_BENCH,
+    PAPER,
+    DatasetSpec,
+    Protocol,
+    SpecError,
+    Subject,
+    inter_subject_pairs,
+    split_subjects,
+)
 
 _SUBJECT = re.compile(r"^(OASIS_OAS1_\d{4}_MR1)/aligned_norm\.nii\.gz$")
 
@@ -97,12 +114,35 @@ SPEC = _Oasis(
     ),
     requires_terms=True,
     labels=LABELS,
-    options={"val": 6, "test": 20},
+    options={"protocol": CRD_BENCH, "val": 6, "test": 20},
     option_help={
-        "val": "validation subjects (consecutive pairs), just before the test subjects",
+        "protocol": "crd-bench (default) or paper (the authors' OasisTrain/OasisTest pairs, no validation)",
+        "val": "validation subjects (consecutive pairs), just before the test subjects (paper: 0)",
         "test": "test subjects: the last ones in id order (consecutive pairs)",
     },
     protocol="inter-subject; test: consecutive pairs of the last `test` ids (Learn2Reg style)",
+    protocols={
+        CRD_BENCH: Protocol(
+            CRD_BENCH,
+            "train: every ordered pair of the first ids; val: consecutive pairs of the next `val` (6); "
+            "test: consecutive pairs of the last `test` (20: Learn2Reg 2021's 19 pairs, OAS1_0438-0457)",
+            "crd-bench (test pairs as Learn2Reg 2021's OASIS validation pairs)",
+        ),
+        PAPER: Protocol(
+            PAPER,
+            "train: every ordered pair of the training subjects; test: consecutive pairs of the last `test` "
+            "ids (20), sorted by id; no validation",
+            "BlaiseBrain/CRD_registration core/datasets.py: OasisTrain (generate_oasis_pairs), "
+            "OasisTest (generate_oasis_pairs_val)",
+            (
+                "which subjects the authors' oasis_train / oasis_val folders held is not published: the test "
+                "subjects are the last `test` ids (Learn2Reg 2021's OASIS validation subjects for 20)",
+                "arrays in nibabel's order; the authors' loaders read SimpleITK's (axes reversed), so a network "
+                "trained here sees the other order (their released weights are fed theirs: crd import-official)",
+            ),
+        ),
+    },
+    fixed_options={PAPER: {"val": 0}},
     disk="6.6 GB download + 5 GB prepared",
     time="download ~1 h at 2 MB/s; preparation ~10 min on 8 cores",
     intensity="aligned_norm as distributed (already in [0, 1]); clipped to [0, 1]",
