@@ -168,3 +168,39 @@ def test_every_paper_protocol_names_its_source_and_every_spec_says_which_it_foll
                 assert "BlaiseBrain/CRD_registration core/datasets.py" in proto.source, name
         if not spec.protocols:  # crd-bench's own: says the dataset is not the paper's
             assert "not one of the paper's datasets" in spec.protocol_of({}).summary, name
+
+
+def _lpba_h5(path, ids, shape=(8, 8, 8)):
+    """An RCN-style lpba_val.h5: one group per subject, uint8 volume, LPBA40 label values."""
+    import h5py
+    import numpy as np
+
+    from crd.data.specs.lpba40 import LABELS
+
+    rng = np.random.default_rng(5)
+    values = np.array([0, *sorted(LABELS)])
+    with h5py.File(path, "w") as f:
+        for sid in ids:
+            g = f.create_group(sid)
+            g["volume"] = rng.integers(0, 256, shape).astype(np.uint8)
+            g["segmentation"] = values[rng.integers(0, len(values), shape)].astype(np.int16)
+    return path
+
+
+def test_lpba40_rcn_reads_the_authors_file_with_their_split_and_scaling(tmp_path):
+    """lpba40-rcn: RCN's lpba_val.h5 as the authors read it: volume / 255, their 27 / 12 split."""
+    import h5py
+    import numpy as np
+
+    _lpba_h5(tmp_path / "lpba_val.h5", LPBA_IDS)
+    out = prepare_dataset("lpba40-rcn", tmp_path, tmp_path / "lpba", progress=False)
+    data = open_dataset(out)
+    pairs = authors_generate_atlas(sorted(LPBA_IDS))
+    assert data.pairs_for("train") == pairs[:27] and data.pairs_for("test") == pairs[27:]
+    assert data.pairs_for("val") == []
+    with h5py.File(tmp_path / "lpba_val.h5") as f:
+        raw, seg = np.asarray(f["S07"]["volume"]), np.asarray(f["S07"]["segmentation"])
+    np.testing.assert_array_equal(data.load_image("S07"), raw.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(data.load_labels("S07"), seg)
+    assert data.info["spacing_unit"] == "voxel"
+    assert json.loads((out / "dataset.json").read_text())["generator"]["protocol"]["name"] == "paper"

@@ -15,7 +15,7 @@ GENERATED: tuple[str, ...] = ("synth",)
 DOWNLOADED: tuple[str, ...] = ("oasis", "lpba40", "lits", "abdomenctct")
 """Downloaded (checksum-verified) and prepared by ``crd download`` / ``crd prepare``."""
 
-BRING_YOUR_OWN: tuple[str, ...] = ("sliver", "lspig")
+BRING_YOUR_OWN: tuple[str, ...] = ("lpba40-rcn", "sliver", "lspig")
 """Read from files the user places in the dataset's ``path`` (no public download)."""
 
 TEST_ONLY: tuple[str, ...] = ("sliver", "lspig")

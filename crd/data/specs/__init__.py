@@ -5,14 +5,15 @@ One module per dataset, each exposing ``SPEC`` (a :class:`~crd.data.specs.base.D
 
 from __future__ import annotations
 
-from crd.data.specs import abdomenctct, lits, liver_h5, lpba40, oasis
+from crd.data.specs import abdomenctct, lits, liver_h5, lpba40, lpba40_rcn, oasis
 from crd.data.specs.base import DatasetSpec, SpecError
 
 __all__ = ["SPECS", "get_spec", "DatasetSpec", "SpecError"]
 
 SPECS: dict[str, DatasetSpec] = {
     spec.name: spec
-    for spec in (oasis.SPEC, lpba40.SPEC, lits.SPEC, abdomenctct.SPEC, liver_h5.SLIVER, liver_h5.LSPIG)
+    for spec in (oasis.SPEC, lpba40.SPEC, lpba40_rcn.SPEC, lits.SPEC, abdomenctct.SPEC, liver_h5.SLIVER,
+                 liver_h5.LSPIG)
 }
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from crd.data.specs.base import CRD_BENCH, PAPER, DatasetSpec, Protocol, SpecError, Subject
 
-_RCN = "https://github.com/microsoft/Recursive-Cascaded-Networks#datasets"
+RCN_DATASETS = "https://github.com/microsoft/Recursive-Cascaded-Networks#datasets"
 
 #: the authors' LiverTrain keeps the first 270 ordered pairs of sliver_val (their comment: 342 = 19 x 18)
 PAPER_SLIVER_TRAIN_PAIRS = 270
@@ -54,7 +54,7 @@ def scan_order(ids: Sequence[str]) -> list[str]:
 _PIG = re.compile(r"^(.+)_(pregas|aftergas)$")
 
 
-class _H5Scans:
+class H5Scans:
     """The groups of one RCN HDF5 file (thread-safe: h5py serialises access)."""
 
     spacing_unit = "voxel"
@@ -140,9 +140,9 @@ def _mhd_data_files(header: Path) -> list[Path]:
 
 
 class _RcnLiver(DatasetSpec):
-    def open(self, files: Mapping[str, Path]) -> _H5Scans | _MhdScans:
+    def open(self, files: Mapping[str, Path]) -> H5Scans | _MhdScans:
         if self.own_files[0] in files:
-            return _H5Scans(files[self.own_files[0]])
+            return H5Scans(files[self.own_files[0]])
         return _MhdScans(files)
 
     def own_sources(self, folder: Path) -> dict[str, Path] | None:
@@ -158,7 +158,7 @@ class _RcnLiver(DatasetSpec):
         files = [f for o, s in pairs for f in (*_mhd_data_files(o), *_mhd_data_files(s))]
         return {f.name: f for f in files if f.is_file()}
 
-    def subject_ids(self, src: _H5Scans, opts: Mapping[str, Any]) -> list[str]:
+    def subject_ids(self, src: H5Scans, opts: Mapping[str, Any]) -> list[str]:
         ids = src.ids()
         if len(ids) < 2:
             raise SpecError(f"{src.label}: expected groups with 'volume' and 'segmentation' "
@@ -190,7 +190,7 @@ class _RcnLiver(DatasetSpec):
         split = PAPER_SLIVER_TRAIN_PAIRS
         return [("train", f, m) for f, m in ordered[:split]] + [("test", f, m) for f, m in ordered[split:]]
 
-    def load(self, src: _H5Scans | _MhdScans, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
+    def load(self, src: H5Scans | _MhdScans, subject: str, opts: Mapping[str, Any], ctx) -> Subject:
         if isinstance(src, _MhdScans):
             from crd.data.specs.lits import liver_box
 
@@ -222,7 +222,7 @@ SLIVER = _RcnLiver(
     own_files=("sliver_val.h5",),
     instructions=(
         "Register at https://sliver07.grand-challenge.org, then either get sliver_val.h5 from "
-        f"the recursive cascaded networks' dataset links ({_RCN}), or place the original "
+        f"the recursive cascaded networks' dataset links ({RCN_DATASETS}), or place the original "
         "training scans (liver-orig001.mhd + .raw, liver-seg001.mhd + .raw, ...)."
     ),
     protocol="test only: every ordered pair of scans (models from `train_on`)",
@@ -259,12 +259,12 @@ SLIVER = _RcnLiver(
 LSPIG = _RcnLiver(
     name="lspig",
     title="LSPIG liver CT of 17 pigs, pre/after gas (RCN's lspig_val.h5), test only",
-    homepage=_RCN,
+    homepage=RCN_DATASETS,
     license="terms of the RCN release (research use; ask its authors)",
     citation="Zhao et al., Recursive Cascaded Networks for Unsupervised Medical Image "
     "Registration, ICCV 2019",
     own_files=("lspig_val.h5",),
-    instructions=f"Get lspig_val.h5 from the recursive cascaded networks' dataset links ({_RCN}).",
+    instructions=f"Get lspig_val.h5 from the recursive cascaded networks' dataset links ({RCN_DATASETS}).",
     protocol="test only: after-gas <-> pre-gas scans of the same pig, both directions",
     protocols={
         PAPER: Protocol(

@@ -67,6 +67,15 @@ LABELS = {v + side: f"{'LR'[side]} {name}" for v, name in _STRUCTURES for side i
 LABELS.update({181: "cerebellum", 182: "brainstem"})
 
 
+def lpba_pairs(ids: Sequence[str], opts: Mapping[str, Any], name: str) -> list[tuple[str, str, str]]:
+    """``atlas`` fixed; the other ids, sorted, are moving images: the last ``test`` test, the
+    ``val`` before them validation, the rest training (both protocols; the paper's fixes
+    ``val`` 0 and ``test`` 12, the authors' ``[:27]`` / ``[27:]`` of 39)."""
+    others = [s for s in ids if s != opts["atlas"]]
+    train, val, test = split_subjects(others, opts["val"], opts["test"], name=name)
+    return atlas_pairs(opts["atlas"], train, val, test)
+
+
 def _paths(subject: str, kind: str) -> tuple[str, str]:
     stem = f"LPBA40/delineation_space/{subject}/{subject}.delineation.{kind}"
     return f"{stem}.hdr", f"{stem}.img.gz"
@@ -101,9 +110,7 @@ class _Lpba40(DatasetSpec):
         return ids
 
     def pairs(self, src: Any, ids: Sequence[str], opts: Mapping[str, Any]):
-        others = [s for s in ids if s != opts["atlas"]]
-        train, val, test = split_subjects(others, opts["val"], opts["test"], name=self.name)
-        return atlas_pairs(opts["atlas"], train, val, test)
+        return lpba_pairs(ids, opts, self.name)
 
     def _image(self, src: Archive, subject: str):
         return src.load_analyze(*_paths(subject, "skullstripped"))
