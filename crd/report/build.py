@@ -592,8 +592,9 @@ def _unvalidated_note(history: pd.DataFrame | None) -> list[str]:
     blind = [m for m in dict.fromkeys(history["method"]) if m not in validated]
     if not blind:
         return []
-    return [", ".join(blind) + ": trained with no validation pairs (the dataset's protocol has none), so whether "
-            "they had reached a plateau is not measured; their comparisons may be at any point of training."]
+    its = "its" if len(blind) == 1 else "their"
+    return [f"{', '.join(blind)}: trained with no validation pairs (the dataset's protocol has none), so whether "
+            f"{its} training had reached a plateau is not measured; comparisons may be at any point of it."]
 
 
 def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | None) -> list[str]:
