@@ -257,7 +257,7 @@ def test_tiny_end_to_end_run_then_nothing_to_do(tmp_path):
     ("configfile", "expected"),
     [
         ("config/paper.yaml", {"download": 4, "prepare": 4, "train": 20, "evaluate": 24}),
-        ("config/paper-own.yaml", {"download": 3, "prepare": 5, "train": 15, "evaluate": 30}),
+        ("config/paper-own.yaml", {"download": 1, "prepare": 4, "train": 15, "evaluate": 24}),
     ],
 )
 def test_paper_configs_dry_run_list_the_whole_dag(tmp_path, configfile, expected):
