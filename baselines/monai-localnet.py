@@ -11,6 +11,10 @@ channel per spatial axis in the array's order, warped image `moving(p + ddf(p))`
 first (`cat([moving, fixed])`), as DeepReg does. Its output layers start at zero
 (`out_kernel_initializer="zeros"`, one of MONAI's two choices), so training starts from the zero
 field as crd-bench's networks do. `num_channel_initial` 8 keeps it near `hr`'s size.
+
+The CRD scheme applies to it (`lr@monai-localnet`, `fst@monai-localnet`, `crd@monai-localnet`):
+its class names its decoder features (`feature_modules`): the decoder's convolution blocks at 1,
+1/2 and 1/4 (8, 16, 32 channels) and the bottom block at 1/8 (64).
 """
 
 MODEL = {"kind": "monai-localnet", "num_channel_initial": 8, "extract_levels": [0, 1, 2, 3]}
@@ -25,6 +29,9 @@ def build_model(config):
 
     class MonaiLocalNet(nn.Module):
         """``forward(fixed, moving)`` ``(B, 1, D, H, W)`` each -> field ``(B, 3, D, H, W)``, voxels."""
+
+        #: decoder features fine to coarse (grids 1, 1/2, 1/4, 1/8), for the CRD scheme (lr@, fst@, crd@)
+        feature_modules = ["net.decode_convs.2", "net.decode_convs.1", "net.decode_convs.0", "net.bottom_block"]
 
         def __init__(self):
             super().__init__()

@@ -13,6 +13,12 @@ networks take the moving image first (`cat([moving, fixed])`), which `forward(fi
 respects. The last convolution starts at N(0, 1e-5) weights and zero bias, the VoxelMorph paper's
 initialisation of its flow layer (MONAI leaves PyTorch's default), so training starts from a
 near-zero field as crd-bench's networks do.
+
+The CRD scheme applies to it (`lr@monai-voxelmorph`, `fst@monai-voxelmorph`,
+`crd@monai-voxelmorph`): its class names its decoder features (`feature_modules`): the last
+convolution before the flow layer (16 channels, full resolution) and the convolutions of the
+up-sampling blocks at 1/2 and 1/4 (32 channels each; with these widths the U-Net has two
+poolings).
 """
 
 MODEL = {"kind": "monai-voxelmorph", "channels": [16, 32, 32, 32, 32, 32], "final_conv_channels": [16, 16]}
@@ -27,6 +33,10 @@ def build_model(config):
 
     class MonaiVoxelMorph(nn.Module):
         """``forward(fixed, moving)`` ``(B, 1, D, H, W)`` each -> field ``(B, 3, D, H, W)``, voxels."""
+
+        #: decoder features fine to coarse (grids 1, 1/2, 1/4), for the CRD scheme (lr@, fst@, crd@)
+        feature_modules = ["unet.net.1.final_conv_1", "unet.net.0.1.submodule.2.0",
+                           "unet.net.0.1.submodule.1.submodule.2.0"]  # fmt: skip
 
         def __init__(self):
             super().__init__()

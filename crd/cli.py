@@ -235,7 +235,7 @@ def _cmd_methods(args: argparse.Namespace) -> None:
     for name, spec in specs.items():
         needs = f" (needs {', '.join(spec.needs)})" if spec.needs else ""
         first = spec.description.splitlines()[0] if spec.description else ""
-        print(f"{name:{width}s} {spec.training or 'no training':12s} {_route(spec):15s} {first}{needs}")
+        print(f"{name:{width}s} {spec.training or 'no training':12s} {_route(spec):36s} {first}{needs}")
 
 
 def _route(spec: Any) -> str:
@@ -244,6 +244,8 @@ def _route(spec: Any) -> str:
         return "own rule file"
     if spec.is_oracle:
         return "oracle"
+    if spec.scheme is not None:
+        return f"CRD scheme over {spec.backbone.name}"
     return "own network" if spec.builder is not None else "crd-bench model"
 
 

@@ -23,6 +23,18 @@ that the workflow can read the file without torch). The network follows the cont
 checkpoints rebuild wherever the method file is given (``--method-file``, or the workflow), never
 from code named in a checkpoint.
 
+The CRD scheme applies to any network whose file brings it in this way and whose class names its
+decoder features (``feature_modules``, ``crd.models.scheme.HookedFeatures``): a file of two
+names derives each of the three constructions from that file, with no copy of the network::
+
+    SCHEME = "lr"                 # "lr": the naive x2 low-resolution model over the network
+                                  # "fst": the feature-shifted teacher (initialised from the trained network)
+                                  # "crd": lr distilled from fst with crd.recipes.DISTILLATION
+    BACKBONE = "monai-voxelmorph" # the method file of the network (same folder)
+
+named ``<SCHEME>@<BACKBONE>.py`` (e.g. ``baselines/crd@monai-voxelmorph.py``), as crd-bench's own
+``lr``, ``fst`` and ``crd`` are over ``hr``'s backbone.
+
 A method may also bring ``baselines/<name>.smk``: a Snakemake rule file that produces
 ``results/{dataset}/seed{seed}/eval/<name>.csv`` (+ ``.json``, ``.example.nii.gz``) itself; the
 generic train/evaluate rules then leave that method alone. A method without a network
@@ -71,6 +83,8 @@ class MethodSpec:
     builder: Callable[[dict[str, Any]], Any] | None = None
     register_pair: Callable[..., Any] | None = None
     oracle_of: str | None = None
+    scheme: str | None = None
+    backbone: MethodSpec | None = None
 
     @property
     def needs(self) -> list[str]:
@@ -95,6 +109,10 @@ class MethodSpec:
         return self.rule_file is None and self.training is not None
 
 
+#: the CRD scheme's constructions a ``SCHEME`` method file can name
+SCHEMES = ("lr", "fst", "crd")
+
+
 def load_method(path: Path) -> MethodSpec:
     """Read one method file; errors name the file and the bad entry."""
     path = Path(path)
@@ -102,6 +120,8 @@ def load_method(path: Path) -> MethodSpec:
         ns = runpy.run_path(str(path))
     except Exception as exc:
         raise MethodError(f"{path}: cannot be read as a method file: {exc}") from exc
+    if "SCHEME" in ns:
+        return _scheme_method(path, ns)
     name = path.stem
     rule_file = path.with_suffix(".smk")
     rule_file = rule_file if rule_file.is_file() else None
@@ -137,6 +157,44 @@ def load_method(path: Path) -> MethodSpec:
         name, path, description, model, training, init, teacher, dict(train), rule_file, builder, register_pair,
         oracle_of,
     )
+
+
+def _scheme_method(path: Path, ns: dict[str, Any]) -> MethodSpec:
+    """A ``SCHEME`` file: one of the CRD scheme's constructions over the network of ``BACKBONE``'s
+    method file, derived as crd-bench's ``lr`` / ``fst`` / ``crd`` are over ``hr``'s backbone."""
+    from crd.recipes import DISTILLATION  # standard library only
+
+    scheme, backbone_name = ns.get("SCHEME"), ns.get("BACKBONE")
+    if scheme not in SCHEMES:
+        raise MethodError(f"{path}: SCHEME must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if not isinstance(backbone_name, str) or not backbone_name:
+        raise MethodError(f"{path}: a SCHEME file needs BACKBONE, the name of the network's method file")
+    if path.stem != f"{scheme}@{backbone_name}":
+        raise MethodError(f"{path}: a SCHEME file is named <SCHEME>@<BACKBONE>.py: {scheme}@{backbone_name}.py")
+    extra = sorted(set(ns) & {"MODEL", "TRAINING", "INIT", "TEACHER", "ORACLE_OF", "build_model", "register_pair"})
+    if extra:
+        raise MethodError(f"{path}: a SCHEME file derives everything from its BACKBONE; remove {', '.join(extra)}")
+    backbone_path = path.parent / f"{backbone_name}.py"
+    if not backbone_path.is_file():
+        raise MethodError(f"{path}: BACKBONE {backbone_name!r} has no method file {backbone_path}")
+    backbone = load_method(backbone_path)
+    if backbone.model is None or backbone.builder is None or backbone.training != "unsupervised":
+        raise MethodError(f"{path}: BACKBONE {backbone_name!r} must bring its own trained network (MODEL, "
+                          "build_model, TRAINING = 'unsupervised'); crd-bench's own backbone has lr, fst, "
+                          "crd")  # fmt: skip
+    train = {**backbone.train, **(ns.get("TRAIN") or {})}
+    lowres = {"kind": "scheme-lr", "backbone": dict(backbone.model), "factor": 2}
+    if scheme == "lr":
+        model, training, init, teacher = lowres, "unsupervised", None, None
+    elif scheme == "fst":
+        model, training, init, teacher = {"kind": "scheme-fst", "backbone": dict(backbone.model)}, "unsupervised", \
+            backbone_name, None  # fmt: skip
+    else:
+        model, training, init, teacher = lowres, "distill", f"lr@{backbone_name}", f"fst@{backbone_name}"
+        train = {**dict(DISTILLATION), **(ns.get("TRAIN") or {})}
+    description = (ns.get("__doc__") or "").strip()
+    return MethodSpec(path.stem, path, description, model, training, init, teacher, train, None, None, None, None,
+                      scheme, backbone)  # fmt: skip
 
 
 #: the model kind of an oracle (crd.models.oracle.GridOracle.kind)

@@ -181,8 +181,10 @@ def history_path(checkpoint: Path) -> Path:
 def initialise_from(model: nn.Module, checkpoint: Path) -> str:
     """Copy weights from ``checkpoint`` into ``model``; returns what was copied.
 
-    Same architecture: every weight. Otherwise, when both models hold a backbone of the same
-    width (e.g. ``fst`` from ``hr``): the backbone's weights; the rest keeps its initialisation.
+    Same architecture: every weight. A CRD-scheme model over the checkpoint's network (e.g.
+    ``fst@monai-voxelmorph`` from ``monai-voxelmorph``): that network's weights. Otherwise, when
+    both models hold a backbone of the same width (e.g. ``fst`` from ``hr``): the backbone's
+    weights; the rest keeps its initialisation.
     """
     payload = read_checkpoint(checkpoint)
     order = checkpoint_array_order(payload, checkpoint)
@@ -194,6 +196,10 @@ def initialise_from(model: nn.Module, checkpoint: Path) -> str:
     if payload["model"] == model.config:
         model.load_state_dict(source.state_dict())
         return f"all weights from {checkpoint}"
+    if model.config.get("backbone") == payload["model"]:  # the CRD scheme over the checkpoint's network
+        network = getattr(model.backbone, "net", model.backbone)  # HookedFeatures holds it as .net
+        network.load_state_dict(source.state_dict())
+        return f"backbone weights from {checkpoint} (the network the scheme wraps)"
     if hasattr(model, "backbone") and hasattr(source, "backbone"):
         try:
             model.backbone.load_state_dict(source.backbone.state_dict())

@@ -37,7 +37,9 @@ def test_backbone_features_grids_and_channels():
     assert list(feats) == list(FEATURE_NAMES)
     for name, div in zip(FEATURE_NAMES, (16, 8, 4, 2, 1), strict=True):
         assert feats[name].shape[2:] == (32 // div, 64 // div, 96 // div)
-        assert feats[name].shape[1] == net.feature_channels[name]
+    field, fine_to_coarse = net.forward_features(torch.rand(1, 2, 32, 64, 96))
+    assert [f.shape[1] for f in fine_to_coarse] == list(net.feature_channels) == [16, 16, 32, 32, 32]
+    assert field.shape == (1, 3, 32, 64, 96) and net.forward_features(torch.rand(1, 2, 32, 64, 96), False)[0] is None
 
 
 @pytest.mark.parametrize(

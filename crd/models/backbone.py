@@ -158,13 +158,8 @@ class Backbone(nn.Module):
         self.decode2_1 = conv3(c32, c16)
         self.decode1 = conv3(2 * c16, c16)
         self.flow = conv3(c16, 3)
-        self.feature_channels = {
-            "decode_16x": c32,
-            "decode_8x": c32,
-            "decode_4x": c32,
-            "decode_2x": c16,
-            "decode_1x": c16,
-        }
+        #: channels of the decoder features, fine to coarse (decode_1x ... decode_16x)
+        self.feature_channels = (c16, c16, c32, c32, c32)
         initialise_weights(self)
 
     @property
@@ -189,6 +184,14 @@ class Backbone(nn.Module):
         d2 = leaky(self.decode2_1(leaky(self.decode2(torch.cat([_up_to(d4, e2), e2], dim=1)))))
         d1 = leaky(self.decode1(torch.cat([_up_to(d2, e1), e1], dim=1)))
         return {"decode_16x": d16, "decode_8x": d8, "decode_4x": d4, "decode_2x": d2, "decode_1x": d1}
+
+    def forward_features(self, x: torch.Tensor, field: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The field (``None`` when ``field`` is false) and the decoder features fine to coarse
+        (decode_1x ... decode_16x, on the grids 1 ... 1/16 of ``x``): the contract of
+        :class:`crd.models.contract.SchemeBackbone`."""
+        feats = self.features(x)
+        fine_to_coarse = [feats[name] for name in reversed(FEATURE_NAMES)]
+        return (self.flow(feats["decode_1x"]) if field else None), fine_to_coarse
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Displacement field ``(B, 3, D, H, W)`` for the concatenated pair ``x``."""

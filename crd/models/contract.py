@@ -11,7 +11,15 @@ Written once, as typing Protocols (checked at run time by :func:`build_model`), 
 - :class:`DistillableModel`: also ``forward_with_maps(fixed, moving)`` -> ``(field, maps)``, a
   list of four attention maps (per-voxel sum over channels of the squared features), fine to
   coarse, on the grids 1/2, 1/4, 1/8 and 1/16 of the input, so that any teacher's maps pair with
-  the x2 student's.
+  the x2 student's;
+- :class:`SchemeBackbone`: a network the CRD scheme (:mod:`crd.models.scheme`) can wrap into a
+  naive low-resolution model, a feature-shifted teacher and a distilled student: called on a pair
+  ``x = cat([fixed, moving], 1)`` ``(B, 2, D, H, W)`` it gives the field, and
+  ``forward_features(x, field=True)`` gives ``(field, features)``: its decoder features fine to
+  coarse, feature ``k`` on the grid ``1/2**k`` of ``x`` with ``feature_channels[k]`` channels (two
+  levels at least; the field may be ``None`` when ``field`` is false). crd-bench's
+  :class:`~crd.models.backbone.Backbone` implements it; a method file's network joins by naming
+  its feature modules (``feature_modules``, :class:`crd.models.scheme.HookedFeatures`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["RegistrationModel", "DistillableModel", "check_model"]
+__all__ = ["RegistrationModel", "DistillableModel", "SchemeBackbone", "check_model"]
 
 
 @runtime_checkable
@@ -40,6 +48,20 @@ class DistillableModel(RegistrationModel, Protocol):
     def forward_with_maps(
         self, fixed: torch.Tensor, moving: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+
+@runtime_checkable
+class SchemeBackbone(Protocol):
+    """A backbone the CRD scheme can wrap (see the module docstring)."""
+
+    size_multiple: int
+    feature_channels: tuple[int, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward_features(
+        self, x: torch.Tensor, field: bool = True
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor]]: ...
 
 
 def check_model(model: Any, what: str) -> RegistrationModel:

@@ -24,11 +24,16 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from crd.models.backbone import Backbone, conv3, initialise_weights, leaky, scaled
+from crd.models.backbone import Backbone
 from crd.models.contract import check_model
-from crd.models.functional import check_volume, downsample, upsample_flow
+from crd.models.scheme import (
+    FeatureShiftedScheme,
+    LowResolutionScheme,
+    attention_map,
+    pair_input,
+    scheme_backbone,
+)
 
 __all__ = [
     "FullResolutionNet",
@@ -37,23 +42,14 @@ __all__ = [
     "IdentityNet",
     "attention_map",
     "MODEL_KINDS",
+    "SCHEME_KINDS",
     "PLUGIN_KINDS",
     "use_method_models",
     "build_model",
 ]
 
 
-def attention_map(features: torch.Tensor) -> torch.Tensor:
-    """Attention map of ``(B, C, d, h, w)`` features: ``(f * f).sum(1)``, shape ``(B, d, h, w)``."""
-    return (features * features).sum(dim=1)
-
-
-def _pair(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-    check_volume(fixed, "fixed")
-    check_volume(moving, "moving")
-    if fixed.shape != moving.shape:
-        raise ValueError(f"fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} must have the same shape")
-    return torch.cat([fixed, moving], dim=1)
+_pair = pair_input
 
 
 class FullResolutionNet(nn.Module):
@@ -89,8 +85,10 @@ class FullResolutionNet(nn.Module):
         return flow, maps
 
 
-class LowResolutionNet(nn.Module):
-    """The naive low-resolution model: predict at 1/``factor`` resolution, upsample the field.
+class LowResolutionNet(LowResolutionScheme):
+    """The naive low-resolution model over crd-bench's backbone: predict at 1/``factor``
+    resolution, upsample the field (:class:`crd.models.scheme.LowResolutionScheme` over
+    :class:`~crd.models.backbone.Backbone`).
 
     1. ``x = cat([fixed, moving])`` downsampled to ``(D, H, W) // factor`` (trilinear,
        ``align_corners=False``);
@@ -98,104 +96,46 @@ class LowResolutionNet(nn.Module):
     3. upsampled to ``(D, H, W)`` (trilinear, ``align_corners=False``) and multiplied by
        ``factor`` so that it is in full-resolution voxels.
 
-    This is the CRD student's network (docs/architecture.md, "Naive low-resolution model").
+    Its attention maps are those of decode_1x, decode_2x, decode_4x, decode_8x of the
+    low-resolution pass (grids 1/f, 1/(2f), 1/(4f), 1/(8f) of the input). This is the CRD
+    student's network (docs/architecture.md, "Naive low-resolution model").
     """
 
     kind = "lowres"
 
     def __init__(self, width: float = 1.0, factor: int = 2) -> None:
-        super().__init__()
         if factor < 1 or int(factor) != factor:
             raise ValueError(f"factor must be a positive integer, got {factor}")
-        self.factor = int(factor)
-        self.backbone = Backbone(width)
+        super().__init__(Backbone(width), factor)
 
     @property
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.backbone.width, "factor": self.factor}
 
-    @property
-    def size_multiple(self) -> int:
-        """Input sides should be multiples of this: ``factor`` times the backbone's (32 at x2)."""
-        return self.factor * self.backbone.size_multiple
 
-    def _low_res_input(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        return downsample(_pair(fixed, moving), self.factor, align_corners=False)
-
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, D, H, W)`` field in full-resolution voxels."""
-        flow_lr = self.backbone(self._low_res_input(fixed, moving))
-        return upsample_flow(flow_lr, fixed.shape[2:], align_corners=False)
-
-    def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Field and the attention maps of decode_1x, decode_2x, decode_4x, decode_8x of the
-        low-resolution pass (grids 1/f, 1/(2f), 1/(4f), 1/(8f) of the input)."""
-        feats = self.backbone.features(self._low_res_input(fixed, moving))
-        flow = upsample_flow(self.backbone.flow(feats["decode_1x"]), fixed.shape[2:], False)
-        maps = [attention_map(feats[k]) for k in ("decode_1x", "decode_2x", "decode_4x", "decode_8x")]
-        return flow, maps
-
-
-class FeatureShiftedTeacher(nn.Module):
-    """The feature-shifted teacher (FST) of the CRD paper.
+class FeatureShiftedTeacher(FeatureShiftedScheme):
+    """The feature-shifted teacher (FST) of the CRD paper over crd-bench's backbone
+    (:class:`crd.models.scheme.FeatureShiftedScheme` over :class:`~crd.models.backbone.Backbone`).
 
     One backbone runs on the full-resolution pair (HR path) and on the pair downsampled x2 with
     trilinear ``align_corners=True`` (LR path). LR features at LR scale 1/2^k share the grid of
     HR features at 1/2^(k+1) and are fused by ``fuse5`` ... ``fuse1`` (3x3x3 conv + LeakyReLU,
-    inputs upsampled trilinearly with ``align_corners=True``); ``flow_f`` gives the field. The
-    backbone's own HR ``flow`` head is kept (unused) so the authors' weights load; at width 1 the
-    model has 605,254 parameters. Input sides must be multiples of 32.
+    inputs upsampled trilinearly with ``align_corners=True``): ``fuse5`` [LR decode_8x, HR
+    decode_16x], ``fuse4`` [up(fuse5), LR decode_4x, HR decode_8x], ``fuse3`` [up(fuse4), LR
+    decode_2x, HR decode_4x], ``fuse2`` [up(fuse3), LR decode_1x, HR decode_2x], ``fuse1``
+    [up(fuse2), HR decode_1x]; ``flow_f`` gives the field. The backbone's own HR ``flow`` head is
+    kept (unused) so the authors' weights load; at width 1 the model has 605,254 parameters. Input
+    sides must be multiples of 32.
     """
 
     kind = "fst"
 
     def __init__(self, width: float = 1.0) -> None:
-        super().__init__()
-        self.backbone = Backbone(width)
-        c16, c32 = scaled(16, width), scaled(32, width)
-        self.fuse5 = conv3(c32 + c32, c32)  # [LR decode_8x, HR decode_16x]
-        self.fuse4 = conv3(c32 + c32 + c32, c32)  # [up(fuse5), LR decode_4x, HR decode_8x]
-        self.fuse3 = conv3(c32 + c16 + c32, c32)  # [up(fuse4), LR decode_2x, HR decode_4x]
-        self.fuse2 = conv3(c32 + c16 + c16, c32)  # [up(fuse3), LR decode_1x, HR decode_2x]
-        self.fuse1 = conv3(c32 + c16, c16)  # [up(fuse2), HR decode_1x]
-        self.flow_f = conv3(c16, 3)
-        # the fusing decoder as the backbone (its weights usually come from a trained hr)
-        fusing = ("fuse5", "fuse4", "fuse3", "fuse2", "fuse1", "flow_f")
-        initialise_weights(nn.ModuleDict({name: getattr(self, name) for name in fusing}))
+        super().__init__(Backbone(width))
 
     @property
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "width": self.backbone.width}
-
-    @property
-    def size_multiple(self) -> int:
-        """Input sides must be multiples of this (32): the backbone's, on the x2 LR path."""
-        return 2 * self.backbone.size_multiple
-
-    def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Field ``(B, 3, D, H, W)`` and the attention maps of fuse2, fuse3, fuse4, fuse5 (grids
-        1/2, 1/4, 1/8, 1/16 of the input: those of the x2 student's four maps)."""
-        x = _pair(fixed, moving)
-        if any(s % 32 for s in x.shape[2:]):
-            raise ValueError(
-                f"the feature-shifted teacher needs sides that are multiples of 32, got {tuple(x.shape[2:])}"
-            )
-        hr = self.backbone.features(x)
-        lr = self.backbone.features(downsample(x, 2, align_corners=True))
-
-        def up(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(t, size=like.shape[2:], mode="trilinear", align_corners=True)
-
-        f5 = leaky(self.fuse5(torch.cat([lr["decode_8x"], hr["decode_16x"]], 1)))
-        f4 = leaky(self.fuse4(torch.cat([up(f5, hr["decode_8x"]), lr["decode_4x"], hr["decode_8x"]], 1)))
-        f3 = leaky(self.fuse3(torch.cat([up(f4, hr["decode_4x"]), lr["decode_2x"], hr["decode_4x"]], 1)))
-        f2 = leaky(self.fuse2(torch.cat([up(f3, hr["decode_2x"]), lr["decode_1x"], hr["decode_2x"]], 1)))
-        f1 = leaky(self.fuse1(torch.cat([up(f2, hr["decode_1x"]), hr["decode_1x"]], 1)))
-        return self.flow_f(f1), [attention_map(f) for f in (f2, f3, f4, f5)]
-
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, D, H, W)`` field in full-resolution voxels (the fused head ``flow_f``)."""
-        return self.forward_with_maps(fixed, moving)[0]
 
 
 class IdentityNet(nn.Module):
@@ -219,6 +159,10 @@ MODEL_KINDS: dict[str, type[nn.Module]] = {
     cls.kind: cls for cls in (FullResolutionNet, LowResolutionNet, FeatureShiftedTeacher, IdentityNet)
 }
 
+#: the CRD scheme over another network's config (``{"kind": "scheme-lr", "backbone": {...},
+#: "factor": 2}``, ``{"kind": "scheme-fst", "backbone": {...}}``; :mod:`crd.models.scheme`)
+SCHEME_KINDS: dict[str, type[nn.Module]] = {cls.kind: cls for cls in (LowResolutionScheme, FeatureShiftedScheme)}
+
 
 #: model kinds brought by method files (``build_model`` in ``baselines/<name>.py``), by kind:
 #: (builder, method file). Filled by :func:`use_method_models`, never from a checkpoint.
@@ -231,6 +175,8 @@ def use_method_models(specs: Iterable[Any]) -> None:
     files given define a kind). A kind that is crd-bench's own, or that two different files given
     together define, is an error naming both."""
     given: dict[str, Path] = {}
+    specs = list(specs)
+    specs += [s.backbone for s in specs if getattr(s, "backbone", None) is not None]  # the CRD scheme's networks
     for spec in specs:
         if spec.builder is None or spec.model is None:
             continue
@@ -251,6 +197,8 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     if not isinstance(config, dict) or "kind" not in config:
         raise ValueError(f"a model config is a mapping with a 'kind' key, got {config!r}")
     kind = config["kind"]
+    if kind in SCHEME_KINDS:
+        return _build_scheme(config)
     if kind in PLUGIN_KINDS:
         builder, source = PLUGIN_KINDS[kind]
         try:
@@ -261,7 +209,8 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         return model
     if kind not in MODEL_KINDS:
         raise ValueError(
-            f"unknown model kind {kind!r}; known kinds: {', '.join([*MODEL_KINDS, *PLUGIN_KINDS])} (a network "
+            f"unknown model kind {kind!r}; known kinds: {', '.join([*MODEL_KINDS, *SCHEME_KINDS, *PLUGIN_KINDS])} "
+            "(a network "
             "that a method file brings is known once that file is given, e.g. with --method-file)"
         )
     kwargs = {k: v for k, v in config.items() if k != "kind"}
@@ -269,5 +218,24 @@ def build_model(config: dict[str, Any]) -> nn.Module:
         model = MODEL_KINDS[kind](**kwargs)
     except TypeError as exc:
         raise ValueError(f"bad arguments for model kind {kind!r}: {kwargs} ({exc})") from None
+    check_model(model, f"model kind {kind!r}")
+    return model
+
+
+def _build_scheme(config: dict[str, Any]) -> nn.Module:
+    """A :data:`SCHEME_KINDS` model: the backbone built from ``config["backbone"]`` (any kind,
+    e.g. one a method file brings), made a scheme backbone (:func:`crd.models.scheme.scheme_backbone`)."""
+    kind = config["kind"]
+    backbone_config = config.get("backbone")
+    if not isinstance(backbone_config, dict):
+        raise ValueError(f"model kind {kind!r} needs a 'backbone' model config, got {backbone_config!r}")
+    extra = {k: v for k, v in config.items() if k not in ("kind", "backbone")}
+    source = PLUGIN_KINDS.get(backbone_config.get("kind"), (None, None))[1]
+    what = f"{source or 'model kind ' + repr(backbone_config.get('kind'))}"
+    backbone = scheme_backbone(build_model(backbone_config), what)
+    try:
+        model = SCHEME_KINDS[kind](backbone, backbone_config=backbone_config, **extra)
+    except TypeError as exc:
+        raise ValueError(f"bad arguments for model kind {kind!r}: {extra} ({exc})") from None
     check_model(model, f"model kind {kind!r}")
     return model

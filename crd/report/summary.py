@@ -53,6 +53,21 @@ PAIR_METRICS = (
 COMPARED_METRICS = (("dice", "Dice", True, 3), ("hd95_mm", "HD95", False, 2))
 #: the comparisons CRD is about (shown when both methods are present), before each-vs-baseline
 NAMED_COMPARISONS = (("crd", "lr"), ("crd", "hr"), ("crd", "kd-hr"), ("fst", "lr"))
+
+
+def scheme_comparisons(backbone: str) -> tuple[tuple[str, str], ...]:
+    """The named comparisons of the CRD scheme over a network ``backbone`` (methods
+    ``lr@<backbone>``, ``fst@<backbone>``, ``crd@<backbone>``; crd.methods), as crd's over hr."""
+    return ((f"crd@{backbone}", f"lr@{backbone}"), (f"crd@{backbone}", backbone), (f"fst@{backbone}", f"lr@{backbone}"))
+
+
+def is_named(a: str, b: str) -> bool:
+    """True for a comparison the report names first: :data:`NAMED_COMPARISONS`, or one of
+    :func:`scheme_comparisons` for the backbone ``a`` is built over."""
+    if (a, b) in NAMED_COMPARISONS:
+        return True
+    scheme, at, backbone = a.partition("@")
+    return bool(at) and scheme in ("crd", "fst") and (a, b) in scheme_comparisons(backbone)
 #: methods that are a reference, not a method under comparison
 REFERENCES = ("identity",)
 
@@ -256,7 +271,7 @@ class ComparisonRow:
 
     @property
     def named(self) -> bool:
-        return (self.a, self.b) in NAMED_COMPARISONS
+        return is_named(self.a, self.b)
 
     @property
     def verdict(self) -> str:
@@ -290,11 +305,14 @@ class ComparisonRow:
 
 
 def comparison_plan(methods: list[str], baseline: str, oracles: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """The (a, b) pairs compared for a dataset: the named ones present, then every other method
+    """The (a, b) pairs compared for a dataset: the named ones present (crd-bench's, then the CRD
+    scheme's per backbone: ``crd@X`` vs ``lr@X`` and vs ``X``, ``fst@X`` vs ``lr@X``), then every other method
     (references such as identity and ``oracles`` excepted: neither is a method) against
     ``baseline``; no pair twice."""
     present = set(methods) - set(oracles)
-    plan = [(a, b) for a, b in NAMED_COMPARISONS if a in present and b in present]
+    backbones = [m.partition("@")[2] for m in methods if m.startswith("crd@") or m.startswith("fst@")]
+    named = [*NAMED_COMPARISONS, *(c for b in dict.fromkeys(backbones) for c in scheme_comparisons(b))]
+    plan = [(a, b) for a, b in named if a in present and b in present]
     if baseline in present:
         plan += [(m, baseline) for m in methods
                  if m in present and m != baseline and m not in REFERENCES and (m, baseline) not in plan]  # fmt: skip
