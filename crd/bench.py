@@ -489,7 +489,8 @@ def _cases(
                     "teacher_model": specs[spec.teacher].model if spec.teacher else None,
                     "teacher_checkpoint": _checkpoint(checkpoints_dir, spec.teacher) if spec.teacher else None,
                     # method files that bring their own network, so a case in a subprocess can build it
-                    "method_files": [str(s.path) for s in specs.values() if s.builder is not None],
+                    "method_files": [str(s.path) for s in specs.values()
+                                     if s.builder is not None or s.backbone is not None],  # fmt: skip
                 }
 
 

@@ -149,6 +149,24 @@ def test_report_efficiency_section(tmp_path):
         build_report(tables, tmp_path / "r2.html", bench=tmp_path / "missing.csv")
 
 
+def test_the_schemes_methods_get_ratios_to_their_own_network(tmp_path):
+    """crd@X, lr@X, fst@X: time and memory as ratios to X in the same run (X = monai-localnet here);
+    other methods get no such column value, and a group without scheme methods no such column."""
+    tables = make_tables(tmp_path / "eval")
+    figures = {"monai-localnet": (0.40, 200.0), "lr@monai-localnet": (0.10, 50.0), "crd@monai-localnet": (0.10, 50.0),
+               "fst@monai-localnet": (1.0, 500.0), "hr": (2.0, 1000.0)}  # fmt: skip
+    rows = []
+    for method, (sec, mb) in figures.items():
+        for metric, value in (("latency_median_s", sec), ("peak_rss_mb", mb)):
+            rows.append(("64x64x64", method, "fp32", "cpu", metric, value, float("nan")))
+    bench = tmp_path / "bench.csv"
+    pd.DataFrame(rows, columns=list(COLUMNS)).to_csv(bench, index=False)
+    html = build_report(tables, tmp_path / "r.html", bench=bench).read_text()
+    assert "× its network (time / memory)" in html
+    assert "0.25× / 0.25× (monai-localnet)" in html and "2.50× / 2.50× (monai-localnet)" in html
+    assert html.count("(monai-localnet)</td>") == 3
+
+
 def _failing_case(monkeypatch, failures):
     """Make ``run_case`` raise ``failures[method]`` for the named methods (in-process cases)."""
     import crd.bench as B

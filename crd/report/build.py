@@ -490,6 +490,23 @@ def _template() -> jinja2.Template:
 BENCH_COLUMNS = COLUMNS  # the bench table crd.bench writes
 
 
+def _scheme_ratios(rows: list[dict[str, Any]], group: pd.DataFrame, mem: str) -> None:
+    """For the CRD scheme's methods over a network (``lr@X``, ``fst@X``, ``crd@X``; crd.methods):
+    their median time and memory peak as ratios to ``X``'s in the same bench run (``own_time_ratio``,
+    ``own_mem_ratio``; a dash for every other method, or when ``X`` was not benched)."""
+    medians = group.pivot_table(index="method", columns="metric", values="value", aggfunc="first")
+    for row in rows:
+        scheme, at, network = row["method"].partition("@")
+        row["own_network"] = network if at and scheme in ("lr", "fst", "crd") else None
+        row["own_time_ratio"] = row["own_mem_ratio"] = DASH
+        if row["own_network"] is None or network not in medians.index or row["method"] not in medians.index:
+            continue
+        for key, metric in (("own_time_ratio", "latency_median_s"), ("own_mem_ratio", mem)):
+            if metric in medians.columns:
+                a, b = medians.loc[row["method"], metric], medians.loc[network, metric]
+                row[key] = fmt_ratio(float(a) / float(b)) if b and not (math.isnan(a) or math.isnan(b)) else DASH
+
+
 def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
     """The efficiency section from a ``crd bench`` table: per (size, options), each method's median
     latency, memory peak (CUDA allocator peak on CUDA, else CPU RSS above baseline) and parameter
@@ -537,11 +554,13 @@ def _bench_section(path: str | os.PathLike) -> dict[str, Any]:
                     "params": fmt_params(get("params", "value")),
                 }
             )
+        _scheme_ratios(rows, g, mem)
         groups.append(
             {
                 "size": size,
                 "options": options,
                 "device": device,
+                "scheme": any(r["own_time_ratio"] != DASH for r in rows),
                 "mem_label": (
                     "CUDA allocator peak (MB)" if mem == "cuda_alloc_peak_mb" else "CPU RSS above baseline (MB)"
                 ),
