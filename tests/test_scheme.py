@@ -213,3 +213,22 @@ def test_two_step_distillation_over_an_outside_network(backbone, tiny_synth, tmp
         t_maps = fst.forward_with_maps(x, x)[1]
     assert [m.shape for m in s_maps] == [m.shape for m in t_maps]
     assert len(s_maps) == {"monai-voxelmorph": 2, "monai-localnet": 3}[backbone]
+
+
+@pytest.mark.parametrize("backbone", OUTSIDE)
+def test_an_outside_networks_shifted_features_pair_with_its_students_for_odd_multiples(backbone):
+    """Sides 16 x odd (48, 80, 112) for MONAI's networks: the teacher's maps and the x2 student's
+    lie on the same grids, 1/2, 1/4, ... of the input."""
+    specs = load_methods(REPO / "baselines", [f"crd@{backbone}"])
+    use_method_models(specs.values())
+    torch.manual_seed(0)
+    lr, fst = build_model(specs[f"lr@{backbone}"].model), build_model(specs[f"fst@{backbone}"].model)
+    shape = (48, 80, 112)
+    x = torch.rand(1, 1, *shape)
+    with torch.no_grad():
+        s_flow, s_maps = lr.forward_with_maps(x, x)
+        t_flow, t_maps = fst.forward_with_maps(x, x)
+    levels = {"monai-voxelmorph": 2, "monai-localnet": 3}[backbone]
+    expected = [tuple(s // 2**k for s in shape) for k in range(1, levels + 1)]
+    assert [tuple(m.shape[1:]) for m in s_maps] == [tuple(m.shape[1:]) for m in t_maps] == expected
+    assert s_flow.shape == t_flow.shape == (1, 3, *shape)
