@@ -259,10 +259,15 @@ def _cmd_register(args: argparse.Namespace) -> None:
     from crd.methods import load_method
     from crd.register import register
 
-    if args.method_file:
-        _use_method_models(load_method(Path(args.method_file)))
+    spec = load_method(Path(args.method_file)) if args.method_file else None
+    if spec is not None:
+        _use_method_models(spec)
+    external = spec if (spec is not None and spec.register_pair is not None and not args.checkpoint) else None
+    if not args.checkpoint and external is None:
+        raise ValueError("give --checkpoint, or --method-file of a method without a network (register_pair, e.g. "
+                         "baselines/ants-syn.py)")  # fmt: skip
     result = register(
-        Path(args.checkpoint),
+        Path(args.checkpoint) if args.checkpoint else None,
         Path(args.fixed),
         Path(args.moving),
         Path(args.out_warped),
@@ -273,6 +278,7 @@ def _cmd_register(args: argparse.Namespace) -> None:
         threads=args.threads,
         normalisation=args.normalisation,
         array_order=args.array_order,
+        method=external,
     )
     print(result.summary())
 
@@ -514,7 +520,11 @@ def _add_import_official_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_register_parser(sub: argparse._SubParsersAction) -> None:
     rg = sub.add_parser("register", help="register a moving image to a fixed image with a checkpoint")
-    rg.add_argument("--checkpoint", required=True, help="crd-bench checkpoint (crd train or crd import-official)")
+    rg.add_argument(
+        "--checkpoint",
+        help="crd-bench checkpoint (crd train or crd import-official); omit it for a method without a network "
+        "given by --method-file (its register_pair, e.g. baselines/ants-syn.py)",
+    )
     rg.add_argument("--fixed", required=True, help="fixed image (NIfTI or any format nibabel reads)")
     rg.add_argument("--moving", required=True, help="moving image, on the fixed image's grid")
     rg.add_argument("--out-warped", required=True, help="warped moving image to write (.nii or .nii.gz)")
@@ -525,7 +535,8 @@ def _add_register_parser(sub: argparse._SubParsersAction) -> None:
     rg.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     rg.add_argument(
         "--method-file",
-        help="the method file (baselines/<name>.py) of a checkpoint whose network that file brings (build_model)",
+        help="the method file (baselines/<name>.py) of a checkpoint whose network that file brings (build_model), "
+        "or of a method without a network (register_pair, then no --checkpoint)",
     )
     rg.add_argument(
         "--normalisation",

@@ -288,8 +288,41 @@ def write_volume(
 # --------------------------------------------------------------------------------------------
 
 
+class ExternalRegistration(nn.Module):
+    """A method without a network (a classical tool), called as a model: its method file's
+    ``register_pair(fixed, moving, *, spacing, seed, threads)`` gives the field for ``(1, 1, D, H, W)``
+    images on the CPU as numpy, checked as ``crd evaluate`` checks it (shape ``(3, D, H, W)``, voxels
+    of the fixed grid, finite), returned as ``(1, 3, D, H, W)`` on the images' device."""
+
+    size_multiple = 1
+
+    def __init__(self, register_pair: Any, spacing: tuple[float, ...], threads: int, source: str) -> None:
+        super().__init__()
+        self.register_pair, self.spacing, self.threads, self.source = register_pair, spacing, threads, source
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"kind": "external", "method_file": self.source}
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        from crd.evaluate import _checked_field
+
+        try:
+            field = self.register_pair(
+                fixed[0, 0].float().cpu().numpy(), moving[0, 0].float().cpu().numpy(),
+                spacing=self.spacing, seed=0, threads=self.threads,
+            )  # fmt: skip
+        except ImportError as exc:  # the method's tool is not installed here: say so in one line
+            raise CrdError(f"{self.source}: {exc}") from None
+        try:
+            array = _checked_field(field, tuple(fixed.shape[2:]), self.source)
+        except ValueError as exc:
+            raise CrdError(str(exc)) from None
+        return torch.from_numpy(array)[None].to(fixed.device)
+
+
 def register(
-    checkpoint: Path,
+    checkpoint: Path | None,
     fixed: Path,
     moving: Path,
     out_warped: Path,
@@ -301,6 +334,7 @@ def register(
     threads: int | None = None,
     normalisation: str | None = None,
     array_order: str | None = None,
+    method: Any = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model in ``checkpoint`` and write the results.
 
@@ -319,6 +353,10 @@ def register(
         array_order: ``"stored"`` or ``"reversed"`` instead of the order the checkpoint records
             (:mod:`crd.models.array_order`): the images are transposed into it around the network
             and the field back, so the outputs are always on the files' grid.
+        method: instead of a checkpoint, a method without a network (a
+            :class:`crd.methods.MethodSpec` with ``register_pair``, e.g. ``ants-syn``): its field
+            (:class:`ExternalRegistration`, images fed as stored unless ``normalisation``, the
+            fixed image's voxel sizes as ``spacing``, seed 0), then the same warps and outputs.
 
     An image fed as stored that lies far outside [0, 1] is logged as a one-line warning (logger
     ``crd.register``; also in the result's ``warnings``) and registered all the same.
@@ -327,13 +365,24 @@ def register(
     the warps, after one untimed warm-up registration of the same pair (same sizes, device and
     dtype); not the warm-up, nor reading, normalising or writing files.
     """
+    if (checkpoint is None) == (method is None):
+        raise InputImageError("give a checkpoint, or a method without a network (its method file with register_pair)")
+    if method is not None and getattr(method, "register_pair", None) is None:
+        raise InputImageError(f"{method.path}: has no register_pair; a network's method needs its --checkpoint")
+    if method is not None and array_order not in (None, "stored"):
+        raise InputImageError("--array-order is for networks; a method without one gets the arrays as stored")
     out_warped, out_flow, out_warped_labels = _checked_outputs(
         checkpoint, fixed, moving, moving_labels, out_warped, out_flow, out_warped_labels, normalisation, array_order
     )
     dev = select_device(device)
     configure_threads(threads)
     fixed_img, moving_img, labels_img = _read_inputs(Path(fixed), Path(moving), moving_labels)
-    model, payload = load_for_inference(Path(checkpoint), dev, array_order)
+    if method is not None:
+        spacing = tuple(float(z) for z in fixed_img.header.get_zooms()[:3])
+        model = ExternalRegistration(method.register_pair, spacing, threads or 1, str(method.path))
+        payload = {"method": method.name, "input": {"normalisation": "none", "array_order": "stored"}}
+    else:
+        model, payload = load_for_inference(Path(checkpoint), dev, array_order)
     spec = dict(payload.get("input", {}))
     order = str(spec["array_order"])
     if normalisation is not None:

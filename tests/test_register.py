@@ -22,7 +22,7 @@ from crd.models.official import OFFICIAL_PREFIX, expected_shapes, import_officia
 from crd.models.registration import IdentityNet, LowResolutionNet
 from crd.register import InputImageError, intensity_range_warning, normalise_intensity, pad_to_multiple, register
 from model_helpers import with_visible_field
-from repo_paths import SHARED
+from repo_paths import REPO, SHARED
 
 OFFICIAL = SHARED / "crd-official"
 FILES = {"lr": "oasis_lr_student_init.pth", "fst": "oasis_fst_teacher.pth"}
@@ -543,3 +543,55 @@ def test_official_weights_identity_and_shifts_in_our_convention(tmp_path, kind):
         # moving(p) = fixed(p - 2 e): inside the object u ~ +2 e (the background does not say)
         mean = nib.load(str(out)).get_fdata()[image > 0.1 * image.max()].mean(axis=0)
         assert mean[axis] > 0.7 and np.argmax(np.abs(mean)) == axis, mean
+
+
+EXTERNAL = '''"""shift-tool: a method without a network: moves every voxel 2 voxels along axis 0."""
+MODEL = None
+TRAINING = None
+
+
+def register_pair(fixed, moving, *, spacing, seed, threads):
+    import numpy as np
+
+    assert len(spacing) == 3 and seed == 0 and threads >= 1
+    field = np.zeros((3, *fixed.shape), np.float32)
+    field[0] = 2.0
+    field[1] = spacing[1] / 10.0  # the fixed image's voxel size reaches the tool
+    return field
+'''
+
+
+def test_a_method_without_a_network_registers_through_its_method_file(tmp_path, capsys):
+    """crd register --method-file <a register_pair method> (no checkpoint): the tool's field,
+    written as every field, and the moving image and labels warped with it."""
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    (folder / "shift-tool.py").write_text(EXTERNAL)
+    (folder / "shift-tool.smk").write_text("# its own rules\n")
+    affine = np.diag([1.0, 1.5, 2.0, 1.0])
+    fixed = save(tmp_path / "f.nii.gz", blob(SHAPE, 0), affine)
+    moving = save(tmp_path / "m.nii.gz", blob(SHAPE, 1), affine)
+    labels = save(tmp_path / "l.nii.gz", (blob(SHAPE, 1) > 0.5).astype(np.int16), affine)
+    argv = ["register", "--method-file", str(folder / "shift-tool.py"), "--fixed", str(fixed), "--moving", str(moving),
+            "--out-warped", str(tmp_path / "w.nii.gz"), "--out-flow", str(tmp_path / "u.nii.gz"),
+            "--moving-labels", str(labels), "--out-warped-labels", str(tmp_path / "wl.nii.gz"),
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert "with shift-tool on cpu (normalisation none, array order stored)" in capsys.readouterr().out
+    flow = nib.load(str(tmp_path / "u.nii.gz")).get_fdata(dtype=np.float32)
+    assert np.all(flow[..., 0] == 2.0) and np.allclose(flow[..., 1], 0.15) and np.all(flow[..., 2] == 0.0)
+    expected = warp(torch.from_numpy(nib.load(str(moving)).get_fdata(dtype=np.float32))[None, None],
+                    torch.from_numpy(np.moveaxis(flow, -1, 0))[None])[0, 0].numpy()  # fmt: skip
+    np.testing.assert_allclose(nib.load(str(tmp_path / "w.nii.gz")).get_fdata(dtype=np.float32), expected, atol=1e-6)
+    assert nib.load(str(tmp_path / "wl.nii.gz")).get_data_dtype() == np.int16
+
+
+def test_register_without_a_checkpoint_needs_a_register_pair_method(tmp_path, capsys):
+    fixed = save(tmp_path / "f.nii.gz", blob(SHAPE, 0))
+    argv = ["register", "--fixed", str(fixed), "--moving", str(fixed), "--out-warped", str(tmp_path / "w.nii.gz")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give --checkpoint, or --method-file of a method without a network" in err[0]
+    assert main([*argv, "--method-file", str(REPO / "baselines" / "hr.py")]) == 2
+    assert "give --checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "w.nii.gz").exists()
