@@ -28,6 +28,8 @@ def _pins(env_file: str) -> dict[str, Version]:
     assert len(pips) == 1, f"{env_file}: expected one pip: list"
     pins = {}
     for line in pips[0]:
+        if line.startswith("--"):  # a pip option (an index), not a requirement
+            continue
         name, sep, version = line.partition("==")
         assert sep, f"{env_file}: {line!r} is not pinned with =="
         pins[canonicalize_name(name)] = Version(version)
@@ -57,7 +59,19 @@ def test_the_ants_environment_is_the_main_one_plus_the_ants_extra():
     _check("ants.yaml", [*project["dependencies"], *project["optional-dependencies"]["ants"]])
     main, ants = _pins("crd.yaml"), _pins("ants.yaml")
     differ = {name for name in main if main[name] != ants[name]}
-    assert differ <= {"numpy", "scipy"}, f"ants.yaml should differ from crd.yaml only where antspyx pins: {differ}"
+    assert differ <= {"numpy", "scipy", "torch"}, (
+        f"ants.yaml should differ from crd.yaml only where antspyx pins (and in torch's CPU build): {differ}"
+    )
+
+
+def test_the_ants_environment_takes_the_cpu_build_of_torch():
+    """Its rule runs on the CPU: torch is the same release as the main environment's, its CPU
+    build (local version +cpu) from PyTorch's CPU wheel index, not PyPI's CUDA build."""
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "ants.yaml").read_text(encoding="utf-8"))
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in pip
+    main, ants = _pins("crd.yaml")["torch"], _pins("ants.yaml")["torch"]
+    assert ants.local == "cpu" and ants.public == main.public
 
 
 def _rules(path) -> dict[str, str]:
