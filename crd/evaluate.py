@@ -48,7 +48,7 @@ from crd.profiling import count_parameters, device_description, measure
 from crd.runtime import configure_threads, select_device, setup_logging
 from crd.tidy import TABLE_COLUMNS
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "checked_field"]
 
 log = logging.getLogger("crd.evaluate")
 
@@ -286,7 +286,7 @@ def _external_method(
     register_pair: Callable[..., Any], dataset: Dataset, seed: int, threads: int, method_file: Path | None
 ) -> ScoredMethod:
     """A method without a network: its ``register_pair`` gives the field (on the CPU, as numpy),
-    which is checked (:func:`_checked_field`) and then warps the moving image as for a network."""
+    which is checked (:func:`checked_field`) and then warps the moving image as for a network."""
     spacing = tuple(float(s) for s in dataset.spacing)
     source = str(method_file or "register_pair")
 
@@ -298,14 +298,14 @@ def _external_method(
             )  # fmt: skip
         except ImportError as exc:  # the method's tool is not installed here: say so in one line
             raise ValueError(f"{source}: {exc}") from None
-        flow = torch.from_numpy(_checked_field(field, tuple(fixed.shape[2:]), source))[None].to(fixed.device)
+        flow = torch.from_numpy(checked_field(field, tuple(fixed.shape[2:]), source))[None].to(fixed.device)
         with torch.inference_mode():
             return flow, warp(moving, flow)
 
     return ScoredMethod(register, None, {"kind": "external", "method_file": source})
 
 
-def _checked_field(field: Any, shape: tuple[int, ...], source: str) -> np.ndarray:
+def checked_field(field: Any, shape: tuple[int, ...], source: str) -> np.ndarray:
     """``field`` as a float32 ``(3, D, H, W)`` array on the grid ``shape``, every value finite;
     otherwise a ``ValueError`` naming ``source``."""
     try:

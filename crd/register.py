@@ -305,7 +305,7 @@ class ExternalRegistration(nn.Module):
         return {"kind": "external", "method_file": self.source}
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        from crd.evaluate import _checked_field
+        from crd.evaluate import checked_field
 
         try:
             field = self.register_pair(
@@ -315,7 +315,7 @@ class ExternalRegistration(nn.Module):
         except ImportError as exc:  # the method's tool is not installed here: say so in one line
             raise CrdError(f"{self.source}: {exc}") from None
         try:
-            array = _checked_field(field, tuple(fixed.shape[2:]), self.source)
+            array = checked_field(field, tuple(fixed.shape[2:]), self.source)
         except ValueError as exc:
             raise CrdError(str(exc)) from None
         return torch.from_numpy(array)[None].to(fixed.device)

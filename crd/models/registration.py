@@ -49,9 +49,6 @@ __all__ = [
 ]
 
 
-_pair = pair_input
-
-
 class FullResolutionNet(nn.Module):
     """The backbone on the full-resolution pair. ``width`` scales every layer's channels."""
 
@@ -73,13 +70,13 @@ class FullResolutionNet(nn.Module):
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         """``(B, 3, D, H, W)`` field in full-resolution voxels."""
-        return self.backbone(_pair(fixed, moving))
+        return self.backbone(pair_input(fixed, moving))
 
     def forward_with_maps(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Field and the attention maps of decode_2x, decode_4x, decode_8x, decode_16x (grids 1/2,
         1/4, 1/8, 1/16 of the input: those of the x2 student's four maps, so this model can be
         the teacher of plain distillation, method ``kd-hr``, with no resizing)."""
-        feats = self.backbone.features(_pair(fixed, moving))
+        feats = self.backbone.features(pair_input(fixed, moving))
         flow = self.backbone.flow(feats["decode_1x"])
         maps = [attention_map(feats[k]) for k in ("decode_2x", "decode_4x", "decode_8x", "decode_16x")]
         return flow, maps
@@ -151,7 +148,7 @@ class IdentityNet(nn.Module):
     size_multiple = 1
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        x = _pair(fixed, moving)
+        x = pair_input(fixed, moving)
         return x.new_zeros((x.shape[0], 3, *x.shape[2:]))
 
 
