@@ -440,3 +440,37 @@ def test_train_processes_become_the_launch_command_and_the_job_request(tmp_path)
     assert "python -m crd train" in jobs["lr"] and "torch.distributed" not in jobs["lr"]
     assert not re.search(r"^    threads:", jobs["lr"], re.M) and re.search(r"gpu=1", jobs["lr"])  # 1 is not shown
     assert '"processes"' not in text  # the launcher's, not a crd train setting
+
+
+@pytest.mark.slow
+def test_a_run_killed_hard_recovers_with_unlock_then_rerun_incomplete(tmp_path):
+    """The README's recovery recipe ("After a crash"): snakemake and its training job SIGKILLed
+    (as a power loss or an out-of-memory kill), the plain command refuses to run (incomplete
+    files / lock); `--unlock`, then `--rerun-incomplete`, finishes, the training resuming from its
+    last saved state."""
+    import os
+    import signal
+    import time
+
+    config = {**TINY, "train": {**TINY["train"], "iterations": 120, "checkpoint_every": 20}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    target = "results/synth/seed0/models/hr.pt"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "tiny.yaml"), "--cores", "2"]  # fmt: skip
+    proc = subprocess.Popen([*cmd, target], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    log = tmp_path / "results" / "logs" / "synth" / "seed0" / "train_hr.log"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.is_file() and "iter 40/120" in log.read_text()):
+        time.sleep(0.5)
+    assert log.is_file() and "iter 40/120" in log.read_text(), "the training never reached step 40"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    plain = subprocess.run([*cmd, target], capture_output=True, text=True, timeout=600)
+    assert plain.returncode != 0
+    assert "IncompleteFilesException" in plain.stderr or "LockException" in plain.stderr, plain.stderr[-2000:]
+    assert subprocess.run([*cmd, "--unlock", target], capture_output=True, text=True, timeout=600).returncode == 0
+    again = subprocess.run([*cmd, "--rerun-incomplete", target], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    text = log.read_text()
+    assert "resum" in text.lower() and (tmp_path / target).is_file()
