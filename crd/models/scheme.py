@@ -90,12 +90,12 @@ class HookedFeatures(nn.Module):
             raise ValueError(f"{what}: the CRD scheme needs decoder features at two scales at least (1 and 1/2 of "
                              f"the input); feature_modules names {len(names)}")  # fmt: skip
         self.feature_names = names
+        self._hooked = [modules[n] for n in names]  # a plain list: looked up once, not registered again
         self.size_multiple = int(net.size_multiple)
         self.feature_channels = self._probe(what)
 
     def _capture(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         found: dict[str, torch.Tensor] = {}
-        modules = dict(self.net.named_modules())
 
         def keep(name: str):
             def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -103,7 +103,7 @@ class HookedFeatures(nn.Module):
 
             return hook
 
-        handles = [modules[n].register_forward_hook(keep(n)) for n in self.feature_names]
+        handles = [m.register_forward_hook(keep(n)) for n, m in zip(self.feature_names, self._hooked, strict=True)]
         try:
             field = self.net(x[:, :1], x[:, 1:])
         finally:
