@@ -209,6 +209,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         register_pair=register_pair,
         method_file=spec.path if spec is not None else None,
         oracle_of=spec.oracle_of if spec is not None else None,
+        seed_independent=spec is not None and spec.evaluated_once and args.checkpoint is None,
     )
 
 

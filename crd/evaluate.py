@@ -9,7 +9,8 @@ Output (one per dataset, method and training seed):
   CPU the working set of that call, MB, measured in a fresh process: :mod:`crd.working_set`; absent
   where it cannot be measured exactly; on CUDA the RSS rise of the call), ``cuda_alloc_peak_mb``
   and ``nvml_peak_mb`` (CUDA only) and ``params`` (networks only).
-- ``<out>.json``: the sidecar: device, versions, threads, checkpoint, and the example pair.
+- ``<out>.json``: the sidecar: device, versions, threads, checkpoint, the example pair, and
+  ``seed_independent`` (a method without training, evaluated once for every seed).
 - ``<out stem>.example.nii.gz``: the warped moving image of the first pair (qualitative figure).
 
 The first pair is registered once untimed as a warm-up, so no timing includes one-off start-up
@@ -84,6 +85,7 @@ def evaluate(
     register_pair: Callable[..., Any] | None = None,
     method_file: Path | None = None,
     oracle_of: str | None = None,
+    seed_independent: bool = False,
 ) -> Path:
     """Evaluate ``method`` on the ``split`` pairs of the dataset at ``data``; write ``out`` (CSV).
 
@@ -104,8 +106,15 @@ def evaluate(
     checkpoint when given); its fields are scored like any other, but no time or memory is recorded:
     it is a ceiling, not a method, and costs what its teacher costs. The sidecar names it
     (``oracle_of``).
+
+    ``seed_independent``: the method has no training and no seed changes its result
+    (:attr:`crd.methods.MethodSpec.evaluated_once`); recorded in the sidecar, so that the report
+    sets this one evaluation beside every training seed of the others. Refused with a checkpoint.
     """
     out = Path(out)
+    if seed_independent and (checkpoint is not None or oracle_of is not None):
+        raise ValueError(f"{checkpoint or oracle_of}: a trained network's result depends on its training seed; "
+                         "seed_independent is for methods without training")  # fmt: skip
     example_path = _check_outputs(data, out, checkpoint, log_file)
     setup_logging(log_file)
     dev = select_device(device)
@@ -155,6 +164,7 @@ def evaluate(
                        trained_on=trained_on, scored=scored, device=dev,
                        example=_example(dataset, *pairs[0], example_path))  # fmt: skip
     sidecar["cpu_memory"] = memory_note
+    sidecar["seed_independent"] = bool(seed_independent)
     _write_together(out, example_path, table, sidecar, example_image, dataset=dataset, fixed_id=pairs[0][0])
     _log_summary(method, table, out)
     return out

@@ -11,6 +11,15 @@ description) and these names (only ``MODEL`` is required)::
     TRAIN = {}                                 # overrides of config.yaml's train settings
     ORACLE_OF = None                           # an oracle (MODEL kind "x2-oracle"): the trained
                                                # method whose field it restricts, same seed
+    SEED_DEPENDENT = False                     # no training, yet its result depends on the seed
+
+A method without training (``TRAINING = None``, not an oracle: ``identity``, a classical tool)
+gives the same result under every training seed, so the workflow evaluates it once per dataset,
+with the first configured seed, and the report sets that one evaluation beside every seed of the
+others (``MethodSpec.evaluated_once``; ``crd evaluate`` records ``seed_independent`` in its
+sidecar). A method without training whose result does depend on the seed it is given (random
+sampling, a rule that trains something itself) sets ``SEED_DEPENDENT = True`` and is evaluated
+once per seed like a trained method.
 
 An oracle is no method: it has no training and uses another method's trained network at test time
 (``crd.models.oracle``: the x2 ceiling, e.g. ``baselines/x2-oracle@fst.py``). It is evaluated with
@@ -85,6 +94,7 @@ class MethodSpec:
     oracle_of: str | None = None
     scheme: str | None = None
     backbone: MethodSpec | None = None
+    seed_dependent: bool = False
 
     @property
     def needs(self) -> list[str]:
@@ -102,6 +112,12 @@ class MethodSpec:
         """The method whose trained checkpoint ``crd evaluate`` is given: its own, an oracle's
         ``ORACLE_OF``, or ``None`` (no checkpoint)."""
         return self.name if self.has_checkpoint else self.oracle_of
+
+    @property
+    def evaluated_once(self) -> bool:
+        """True for a method whose result no training seed changes (no training, not an oracle, not
+        ``SEED_DEPENDENT``): evaluated once per dataset, that evaluation standing for every seed."""
+        return self.training is None and not self.is_oracle and not self.seed_dependent
 
     @property
     def has_checkpoint(self) -> bool:
@@ -152,10 +168,16 @@ def load_method(path: Path) -> MethodSpec:
         raise MethodError(f"{path}: build_model needs a MODEL dict (its config, with a 'kind')")
     register_pair = _register_pair(path, ns, model, training)
     oracle_of = _oracle_of(path, ns, model, training, rule_file)
+    seed_dependent = ns.get("SEED_DEPENDENT", False)
+    if not isinstance(seed_dependent, bool):
+        raise MethodError(f"{path}: SEED_DEPENDENT must be True or False, got {seed_dependent!r}")
+    if seed_dependent and (training is not None or oracle_of is not None):
+        raise MethodError(f"{path}: SEED_DEPENDENT is for methods without training (a trained method or an oracle "
+                          "is evaluated once per seed anyway); remove it")  # fmt: skip
     description = (ns.get("__doc__") or "").strip()
     return MethodSpec(
         name, path, description, model, training, init, teacher, dict(train), rule_file, builder, register_pair,
-        oracle_of,
+        oracle_of, seed_dependent=seed_dependent,
     )
 
 
@@ -171,7 +193,8 @@ def _scheme_method(path: Path, ns: dict[str, Any]) -> MethodSpec:
         raise MethodError(f"{path}: a SCHEME file needs BACKBONE, the name of the network's method file")
     if path.stem != f"{scheme}@{backbone_name}":
         raise MethodError(f"{path}: a SCHEME file is named <SCHEME>@<BACKBONE>.py: {scheme}@{backbone_name}.py")
-    extra = sorted(set(ns) & {"MODEL", "TRAINING", "INIT", "TEACHER", "ORACLE_OF", "build_model", "register_pair"})
+    extra = sorted(set(ns) & {"MODEL", "TRAINING", "INIT", "TEACHER", "ORACLE_OF", "SEED_DEPENDENT", "build_model",
+                              "register_pair"})
     if extra:
         raise MethodError(f"{path}: a SCHEME file derives everything from its BACKBONE; remove {', '.join(extra)}")
     backbone_path = path.parent / f"{backbone_name}.py"

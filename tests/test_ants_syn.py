@@ -105,3 +105,17 @@ def test_syn_recovers_a_known_shift():
     assert u.shape == (3, 24, 28, 24) and u.dtype == np.float32
     assert np.median(u[1][inside]) == pytest.approx(2.0, abs=0.4)
     assert np.abs(np.median(u[0][inside])) < 0.3 and np.abs(np.median(u[2][inside])) < 0.3
+
+
+def test_its_result_does_not_depend_on_the_seed():
+    """ants-syn has no training and, with its settings (every voxel sampled, ANTs deterministic), the
+    same field under every seed: why the workflow evaluates it once (crd.methods: evaluated_once)."""
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in (20, 24, 20)], indexing="ij"))
+    centre = np.array([10.0, 12.0, 10.0])[:, None, None, None]
+    fixed = np.exp(-(((grid - centre) / 4.0) ** 2).sum(0)).astype(np.float32)
+    moving = np.exp(-(((grid - centre - np.array([1.0, 2.0, 0])[:, None, None, None]) / 4.5) ** 2).sum(0))
+    fields = [register_pair(fixed, moving.astype(np.float32), spacing=(1.5, 1.5, 1.5), seed=s, threads=2)
+              for s in (0, 1, 12345)]  # fmt: skip
+    assert np.abs(fields[0]).max() > 0.5  # it registered something
+    for other in fields[1:]:
+        np.testing.assert_array_equal(other, fields[0])

@@ -90,3 +90,26 @@ def test_evaluate_refuses_a_file_that_is_not_a_checkpoint(tiny_synth, tmp_path, 
     assert main(argv) == 2
     assert "bogus.pt: not a readable crd-bench checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "e.csv").exists()
+
+
+def test_evaluate_records_whether_a_method_is_evaluated_once(tiny_synth, tmp_path):
+    """crd evaluate --method-file of a method without training writes seed_independent into its
+    sidecar (the report sets that one evaluation beside every seed); a trained method's does not."""
+    import json
+
+    import torch
+
+    from crd.methods import load_method
+    from crd.models.checkpoint import save_checkpoint
+    from crd.models.registration import build_model
+
+    common = ["--data", str(tiny_synth), "--no-progress", "--threads", "1", "--device", "cpu"]
+    assert main(["evaluate", "--method-file", str(REPO / "baselines/identity.py"), "--out",
+                 str(tmp_path / "identity.csv"), *common]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "identity.json").read_text())["seed_independent"] is True
+    torch.manual_seed(0)
+    model = build_model(load_method(REPO / "baselines/lr.py").model)
+    ckpt = save_checkpoint(tmp_path / "lr.pt", model, method="lr")
+    assert main(["evaluate", "--method-file", str(REPO / "baselines/lr.py"), "--checkpoint", str(ckpt), "--out",
+                 str(tmp_path / "lr.csv"), *common]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "lr.json").read_text())["seed_independent"] is False

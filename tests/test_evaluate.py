@@ -79,6 +79,11 @@ def test_checkpoint_methods_are_rebuilt_from_the_file(cube_dataset, tmp_path):
         p.numel() for p in FullResolutionNet(width=0.25).parameters()
     )
     assert len(_values(table, "dice")) == 1 and 0 <= _values(table, "dice")[0] <= 1
+    assert json.loads(out.with_suffix(".json").read_text())["seed_independent"] is False
+    with pytest.raises(ValueError, match="hr.pt: a trained network's result depends on its training seed"):
+        evaluate(cube_dataset, tmp_path / "hr2.csv", method="hr", checkpoint=ckpt, device="cpu", progress=False,
+                 seed_independent=True)  # fmt: skip
+    assert not (tmp_path / "hr2.csv").exists()
 
 
 def _files(*folders):

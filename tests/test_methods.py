@@ -135,3 +135,19 @@ def test_every_model_follows_the_written_contract(path, tmp_path):
     again, _ = load_model(ckpt)
     with torch.no_grad():
         assert torch.equal(infer(again, fixed, moving).flow, result.flow)
+
+
+def test_methods_without_training_are_evaluated_once(tmp_path):
+    """No training and no oracle: one evaluation per dataset stands for every seed (identity,
+    ants-syn); a trained method, an oracle and a SEED_DEPENDENT tool are evaluated per seed."""
+    specs = load_methods(REPO / "baselines")
+    once = {name for name, spec in specs.items() if spec.evaluated_once}
+    assert once == {"identity", "ants-syn"}
+    (tmp_path / "sampler.smk").write_text("")
+    tool = load_method(_write(tmp_path, "sampler", "MODEL = None\nSEED_DEPENDENT = True\n"))
+    assert tool.seed_dependent and not tool.evaluated_once
+    with pytest.raises(MethodError, match="trained.py: SEED_DEPENDENT is for methods without training"):
+        load_method(_write(tmp_path, "trained", "MODEL = {'kind': 'fullres'}\nTRAINING = 'unsupervised'\n"
+                                                "SEED_DEPENDENT = True\n"))  # fmt: skip
+    with pytest.raises(MethodError, match="yes.py: SEED_DEPENDENT must be True or False"):
+        load_method(_write(tmp_path, "yes", "MODEL = {'kind': 'identity'}\nSEED_DEPENDENT = 'yes'\n"))

@@ -473,3 +473,41 @@ def test_the_dataset_header_names_its_protocol_and_unvalidated_training(tmp_path
     assert ("Pairs: protocol <b>paper</b>: atlas S01 fixed; the first 27 train, the last 12 test (from "
             "BlaiseBrain/CRD_registration core/datasets.py: BrainTrain). Deviations from it: sorted here.") in html
     assert "hr: trained with no validation pairs (the dataset&#39;s protocol has none)" in html
+
+
+def _evaluated_once(tables: list[Path], name: str, *, flag: bool) -> list[Path]:
+    """``tables`` plus a method ``name`` evaluated once (seed 0): lr's seed-0 table under another name,
+    its sidecar saying ``seed_independent`` (as crd evaluate writes it for a method without training)
+    when ``flag``."""
+    source = next(p for p in tables if p.stem.endswith("__lr__s0"))
+    frame = pd.read_csv(source).assign(method=name)
+    target = source.with_name(f"ds__{name}__s0.csv")
+    frame.to_csv(target, index=False)
+    side = json.loads(source.with_suffix(".json").read_text())
+    target.with_suffix(".json").write_text(json.dumps({**side, "method": name, "seed_independent": flag}))
+    return [*tables, target]
+
+
+def test_a_method_evaluated_once_stands_beside_every_seed_of_the_others(tmp_path):
+    """A method without training is evaluated once (crd.methods.MethodSpec.evaluated_once); its one
+    table is set beside each of hr's three seeds, so its comparison with hr is one about the methods
+    (hr's seeds and the subjects redrawn), recomputed here with the reference bootstrap; the report
+    says so. Without the sidecar's seed_independent, one table of a three-seed run cannot tell."""
+    base = make_designed_tables(tmp_path / "t")
+    html = build_report(_evaluated_once(base, "classic", flag=True), tmp_path / "r.html").read_text()
+    row = next(r for r in _stats_rows(html, "ds") if r[:2] == ["classic vs hr", "Dice"])
+    once = _per_seed_values(base, "lr", "dice")[0]  # lr's seed 0 is "classic"
+    hr = _per_seed_values(base, "hr", "dice")
+    pairs = list(once.index)
+    cells = [[R.difference(x, y) for x, y in zip(once[pairs], hr[s][pairs], strict=True)] for s in sorted(hr)]
+    methods = R.replicates(cells, pairs, resample_seeds=True, n_boot=9_999)
+    assert row[5] == ", ".join(_signed(float(np.mean(c)), 3) for c in cells), row  # one value against 3 seeds
+    assert row[6] == f"[{_signed(R.interval(methods)[0], 3)}, {_signed(R.interval(methods)[1], 3)}]", row
+    text = _text(html)
+    assert "classic (seed 0): no training, so its result is the same under every seed: evaluated once" in text
+    assert "no training: one evaluation for every seed" in text
+
+    html = build_report(_evaluated_once(base, "classic", flag=False), tmp_path / "r2.html").read_text()
+    row = next(r for r in _stats_rows(html, "ds") if r[:2] == ["classic vs hr", "Dice"])
+    assert row[5:9] == ["—", "—", "—", "one seed: cannot tell"], row  # nothing said about the methods
+    assert "no training: one evaluation" not in _text(html)

@@ -389,11 +389,13 @@ def test_test_only_set_is_scored_with_the_models_of_train_on(tmp_path):
 
 @pytest.mark.parametrize(
     ("layer", "expected"),
-    [("config/outside.yaml", {"train": 8, "evaluate": 9}), ("config/full.yaml", {"train": 30, "evaluate": 39})],
+    [("config/outside.yaml", {"train": 8, "evaluate": 9, "ants_syn_evaluate": 1}),
+     ("config/converged.yaml", {"train": 30, "evaluate": 37, "ants_syn_evaluate": 1})],
 )
 def test_layered_configs_dry_run(tmp_path, layer, expected):
     """The documented layers on config.yaml build their DAG (fourier-net, a network its method file
-    brings, among the methods)."""
+    brings, among the methods). Three seeds in converged.yaml: its 10 networks train 3 times and are
+    evaluated 3 times with the 2 oracles; identity and ants-syn, no training, are evaluated once."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(REPO / "config.yaml"), str(REPO / layer), "--cores", "2", "-n"]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -173,6 +173,7 @@ def _rows(results: list[MethodResult], base: MethodResult | None) -> list[dict[s
     means = [round(r.stat("dice").mean, DICE_DECIMALS) for r in results
              if r.stat("dice") and r.stat("dice").n and not r.oracle_of]  # fmt: skip
     best = max(means) if means else None
+    several_seeds = any(len(r.seeds) > 1 for r in results)
     rows = []
     for r in results:
         dice = _cell(r, base, "dice", DICE_DECIMALS)
@@ -181,6 +182,8 @@ def _rows(results: list[MethodResult], base: MethodResult | None) -> list[dict[s
                         and round(d.mean, DICE_DECIMALS) == best)  # fmt: skip
         mean, sd, n = r.seed_spread()
         dice["sub"] = f"seeds: {fmt_mean_sd(mean, sd, n, DICE_DECIMALS)} ({n})" if n > 1 else "1 seed"
+        if r.stands_for_every_seed and several_seeds:
+            dice["sub"] = "no training: one evaluation for every seed"
         dsc30 = {"text": fmt_num(r.dsc30, DICE_DECIMALS)}
         if base is not None:
             dsc30["ratio"] = fmt_ratio(_ratio(r.dsc30, base.dsc30))
@@ -625,6 +628,13 @@ def _dataset_notes(name: str, results: list[MethodResult], base: MethodResult | 
                      "is a trained network's field restricted to the x2 grid, a ceiling for the x2 students. They "
                      "use that network at test time, so they have no time or memory of their own and are not "
                      "compared or ranked as methods.")  # fmt: skip
+    once = [r for r in results if r.stands_for_every_seed]
+    if once and any(len(r.seeds) > 1 for r in results):
+        its = "its" if len(once) == 1 else "their"
+        notes.append(", ".join(f"{r.method} (seed {r.seeds[0]})" for r in once) + f": no training, so {its} result "
+                     "is the same under every seed: evaluated once, and that evaluation is set beside every seed "
+                     "of the method it is compared with (as methods, only the other's seeds and the subjects "
+                     "vary).")  # fmt: skip
     if all(len(r.seeds) == 1 for r in results):
         notes.append(
             "one training seed: the verdicts below are about these trained models (only the test subjects "

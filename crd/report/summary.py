@@ -124,6 +124,16 @@ class MethodResult:
         return sorted(t.seed for t in self.tables)
 
     @property
+    def stands_for_every_seed(self) -> bool:
+        """One evaluation that no training seed changes: a method without training whose sidecar
+        says ``seed_independent`` (identity, ants-syn; evaluated once by the workflow), or the
+        reference ``identity`` given once. It stands beside every seed of the method it is compared
+        with."""
+        if len(self.tables) != 1:
+            return False
+        return bool(self.tables[0].sidecar.get("seed_independent")) or self.method in REFERENCES
+
+    @property
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
@@ -374,12 +384,12 @@ def _per_seed(result: MethodResult, metric: str) -> dict[int, pd.Series]:
 
 
 def _matched_seeds(a: MethodResult, b: MethodResult, metric: str) -> tuple[dict[int, pd.Series], dict[int, pd.Series]]:
-    """Per-seed values of both methods on the seeds both have; a reference (identity) with one
-    table stands beside every seed of the other method."""
+    """Per-seed values of both methods on the seeds both have; a method evaluated once for every
+    seed (:attr:`MethodResult.stands_for_every_seed`) stands beside every seed of the other."""
     va, vb = _per_seed(a, metric), _per_seed(b, metric)
-    if len(vb) == 1 and b.method in REFERENCES:
+    if b.stands_for_every_seed:
         vb = dict.fromkeys(va, next(iter(vb.values())))
-    if len(va) == 1 and a.method in REFERENCES:
+    if a.stands_for_every_seed:
         va = dict.fromkeys(vb, next(iter(va.values())))
     common = sorted(set(va) & set(vb))
     return {s: va[s] for s in common}, {s: vb[s] for s in common}

@@ -138,6 +138,18 @@ def eval_path(dataset, method, seed, ext="csv"):
     return f"{seed_dir(dataset, seed)}/eval/{method}.{ext}"
 
 
+def eval_seeds(method):
+    """The seeds a method is evaluated under: every configured seed, or only the first for a method
+    that no seed changes (no training: identity, ants-syn; crd.methods.MethodSpec.evaluated_once),
+    whose one evaluation the report sets beside every seed of the others."""
+    return SEEDS[:1] if METHODS[method].evaluated_once else SEEDS
+
+
+def reported_evals(ext="csv"):
+    """Every evaluation output the report reads, per dataset, reported method and its seeds."""
+    return [eval_path(d, m, s, ext) for d in DATASETS for m in REPORTED for s in eval_seeds(m)]
+
+
 def report_path():
     return f"{RESULTS}/report.html"
 

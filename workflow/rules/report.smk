@@ -1,12 +1,13 @@
 # The single self-contained HTML report, from the tidy evaluation tables (every method, dataset and
-# seed), the training histories and the bench table.
+# seed; once for a method without training, whose result no seed changes), the training
+# histories and the bench table.
 
 
 rule report:
     input:
-        tables=[eval_path(d, m, s) for d in DATASETS for m in REPORTED for s in SEEDS],
-        sidecars=[eval_path(d, m, s, "json") for d in DATASETS for m in REPORTED for s in SEEDS],
-        examples=[eval_path(d, m, s, "example.nii.gz") for d in DATASETS for m in REPORTED for s in SEEDS],
+        tables=reported_evals("csv"),
+        sidecars=reported_evals("json"),
+        examples=reported_evals("example.nii.gz"),
         histories=_histories(),
         bench=bench_path(),
     output:
