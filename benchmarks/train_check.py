@@ -180,8 +180,8 @@ def run(args: argparse.Namespace) -> int:
         evaluations = []
         for name in config["methods"]:
             spec = specs[name]
-            if not ok or spec.rule_file is not None:
-                continue
+            if not ok or spec.rule_file is not None or (spec.evaluated_once and seed != seeds[0]):
+                continue  # own rules; or no training: one evaluation stands for every seed, as in the workflow
             table = evals / f"{name}.csv"
             argv = ["evaluate", "--data", str(data), "--method-file", str(spec.path), "--seed", str(seed),
                     "--out", str(table), "--device", args.device, "--threads", str(config["threads"]["evaluate"]),

@@ -85,6 +85,8 @@ def test_train_check_as_configured_trains_every_seed_with_the_configured_rule(tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for job in ("train hr seed 0 (at most 6 it)", "train lr seed 1 (at most 6 it)", "evaluate hr seed 1"):
         assert any(line.startswith(job) and "exit 0" in line for line in proc.stdout.splitlines()), job
+    assert any(line.startswith("evaluate identity seed 0") for line in proc.stdout.splitlines())
+    assert not any(line.startswith("evaluate identity seed 1") for line in proc.stdout.splitlines())  # no training
     assert (work / "report.html").is_file() and (work / "seed1" / "models" / "hr.history.csv").is_file()
     settings = json.loads(next(line for line in (work / "seed1" / "logs" / "train_hr.log").read_text().splitlines()
                                if " settings {" in line).split(" settings ", 1)[1])  # fmt: skip
