@@ -39,6 +39,7 @@ from tqdm import tqdm
 from crd.atomic import atomic_targets, check_outputs
 from crd.data.layout import Dataset, open_dataset, write_nifti
 from crd.errors import CheckpointError
+from crd.external import ExternalRegistration
 from crd.metrics import score_pair
 from crd.models.checkpoint import load_for_inference
 from crd.models.functional import warp
@@ -49,7 +50,7 @@ from crd.profiling import count_parameters, device_description, measure
 from crd.runtime import configure_threads, select_device, setup_logging
 from crd.tidy import TABLE_COLUMNS
 
-__all__ = ["evaluate", "checked_field"]
+__all__ = ["evaluate"]
 
 log = logging.getLogger("crd.evaluate")
 
@@ -295,41 +296,18 @@ def _network_method(model: nn.Module) -> ScoredMethod:
 def _external_method(
     register_pair: Callable[..., Any], dataset: Dataset, seed: int, threads: int, method_file: Path | None
 ) -> ScoredMethod:
-    """A method without a network: its ``register_pair`` gives the field (on the CPU, as numpy),
-    which is checked (:func:`checked_field`) and then warps the moving image as for a network."""
-    spacing = tuple(float(s) for s in dataset.spacing)
-    source = str(method_file or "register_pair")
+    """A method without a network: its ``register_pair`` gives the field
+    (:class:`crd.external.ExternalRegistration`: on the CPU, as numpy, checked), which then warps
+    the moving image as for a network."""
+    model = ExternalRegistration(register_pair, tuple(float(s) for s in dataset.spacing), threads,
+                                 str(method_file or "register_pair"), seed=seed)  # fmt: skip
 
     def register(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            field = register_pair(
-                fixed[0, 0].float().cpu().numpy(), moving[0, 0].float().cpu().numpy(),
-                spacing=spacing, seed=seed, threads=threads,
-            )  # fmt: skip
-        except ImportError as exc:  # the method's tool is not installed here: say so in one line
-            raise ValueError(f"{source}: {exc}") from None
-        flow = torch.from_numpy(checked_field(field, tuple(fixed.shape[2:]), source))[None].to(fixed.device)
+        flow = model(fixed, moving)
         with torch.inference_mode():
             return flow, warp(moving, flow)
 
-    return ScoredMethod(register, None, {"kind": "external", "method_file": source})
-
-
-def checked_field(field: Any, shape: tuple[int, ...], source: str) -> np.ndarray:
-    """``field`` as a float32 ``(3, D, H, W)`` array on the grid ``shape``, every value finite;
-    otherwise a ``ValueError`` naming ``source``."""
-    try:
-        array = np.asarray(field, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: register_pair returned {type(field).__name__}, not an array: {exc}") from None
-    if array.shape != (3, *shape):
-        raise ValueError(
-            f"{source}: register_pair returned a field of shape {array.shape}, expected {(3, *shape)} "
-            "(3 displacement components in voxels, on the fixed image's grid)"
-        )
-    if not np.isfinite(array).all():
-        raise ValueError(f"{source}: register_pair returned a field with non-finite values")
-    return np.ascontiguousarray(array)
+    return ScoredMethod(register, None, model.config)
 
 
 def _pairs_to_score(dataset: Dataset, split: str) -> list[tuple[str, str]]:

@@ -36,6 +36,7 @@ import torch.nn as nn
 
 from crd.atomic import check_outputs
 from crd.errors import CheckpointError, CrdError
+from crd.external import ExternalRegistration
 from crd.models.array_order import ARRAY_ORDERS
 from crd.models.checkpoint import load_for_inference
 from crd.models.functional import warp
@@ -286,39 +287,6 @@ def write_volume(
 # --------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------
-
-
-class ExternalRegistration(nn.Module):
-    """A method without a network (a classical tool), called as a model: its method file's
-    ``register_pair(fixed, moving, *, spacing, seed, threads)`` gives the field for ``(1, 1, D, H, W)``
-    images on the CPU as numpy, checked as ``crd evaluate`` checks it (shape ``(3, D, H, W)``, voxels
-    of the fixed grid, finite), returned as ``(1, 3, D, H, W)`` on the images' device."""
-
-    size_multiple = 1
-
-    def __init__(self, register_pair: Any, spacing: tuple[float, ...], threads: int, source: str) -> None:
-        super().__init__()
-        self.register_pair, self.spacing, self.threads, self.source = register_pair, spacing, threads, source
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {"kind": "external", "method_file": self.source}
-
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
-        from crd.evaluate import checked_field
-
-        try:
-            field = self.register_pair(
-                fixed[0, 0].float().cpu().numpy(), moving[0, 0].float().cpu().numpy(),
-                spacing=self.spacing, seed=0, threads=self.threads,
-            )  # fmt: skip
-        except ImportError as exc:  # the method's tool is not installed here: say so in one line
-            raise CrdError(f"{self.source}: {exc}") from None
-        try:
-            array = checked_field(field, tuple(fixed.shape[2:]), self.source)
-        except ValueError as exc:
-            raise CrdError(str(exc)) from None
-        return torch.from_numpy(array)[None].to(fixed.device)
 
 
 def register(
